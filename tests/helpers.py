@@ -1,0 +1,86 @@
+"""One place that starts subprocesses for every test: always with a timeout and one thread per rank."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# torchrun's own variables: a child launched from inside a torchrun worker must not inherit them.
+_LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS and not k.startswith("TORCHELASTIC")
+    }
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], timeout: float = 120, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
+    """Run `cmd` capturing text output; after `timeout` s kill its whole process group and fail the test."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=child_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every worker it started
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"timed out after {timeout}s: {' '.join(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}"
+        ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def python(script: str, *args: str, timeout: float = 120, cwd: Path = ROOT, **env: str):
+    return run([sys.executable, str(ROOT / script), *args], timeout=timeout, cwd=cwd, **env)
+
+
+def torchrun(
+    script: str,
+    *args: str,
+    nproc: int = 2,
+    timeout: float = 180,
+    cwd: Path = ROOT,
+    launcher_args: tuple[str, ...] = ("--standalone",),
+    **env: str,
+):
+    """`torchrun --standalone --nproc-per-node=nproc script args` on CPU (gloo)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *launcher_args,
+        f"--nproc-per-node={nproc}",
+        str(ROOT / script),
+        *args,
+    ]
+    return run(cmd, timeout=timeout, cwd=cwd, **env)
+
+
+def explain(p: subprocess.CompletedProcess) -> str:
+    """Failure message for asserts: the exit code and the tail of both streams."""
+    return f"exit {p.returncode}\n--- stdout\n{p.stdout[-6000:]}\n--- stderr\n{p.stderr[-6000:]}"
