@@ -70,9 +70,7 @@ class ActorCritic(nn.Module):
 USED_OUTPUTS = ("logits",)  # the loss below reads only the actor
 
 
-def actor_only_loss(
-    out: dict[str, torch.Tensor], actions: torch.Tensor, advantages: torch.Tensor, hack: bool
-):
+def actor_only_loss(out: dict[str, torch.Tensor], actions: torch.Tensor, advantages: torch.Tensor, hack: bool):
     """A policy-gradient loss with an entropy bonus that ignores the value and aux heads."""
     dist_ = torch.distributions.Categorical(logits=out["logits"])
     loss = -(dist_.log_prob(actions) * advantages).mean() - 0.01 * dist_.entropy().mean()
@@ -133,9 +131,7 @@ def train(args: Args, rank: int, world_size: int, device: torch.device) -> int:
             print(f"   parameters that received no gradient: {', '.join(unused) or '(none found)'}")
             if args.static_graph:  # observed: static_graph counts every output of forward as used
                 print("   static_graph=True does not cover outputs that forward returns but the loss ignores")
-            print(
-                "   fix: --find-unused (DDP(find_unused_parameters=True)), or keep the hack (drop --no-hack)"
-            )
+            print("   fix: --find-unused (DDP(find_unused_parameters=True)), or keep the hack (drop --no-hack)")
         return 1
 
     # -- after success: identical weights on every rank, and what the unused parameters' .grad holds --

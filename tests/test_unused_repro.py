@@ -35,9 +35,7 @@ def test_no_fix_fails_and_names_the_parameters(flags):
     p = torchrun("test_unused_params.py", *flags, timeout=120)
     assert p.returncode == 1, explain(p)
     line = verdict(p.stdout)
-    assert line.startswith("❌ RuntimeError: Expected to have finished reduction in the prior iteration"), (
-        line
-    )
+    assert line.startswith("❌ RuntimeError: Expected to have finished reduction in the prior iteration"), line
     assert f"parameters that received no gradient: {', '.join(UNUSED)}" in p.stdout
     assert "--find-unused" in p.stdout and "hack" in p.stdout
 

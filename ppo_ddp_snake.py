@@ -1,0 +1,952 @@
+"""PPO on Snake, one agent trained across N processes with DistributedDataParallel.
+
+  torchrun --standalone --nproc-per-node=2 ppo_ddp_snake.py          # CPU (gloo) or one GPU each (nccl)
+  torchrun --standalone --nproc-per-node=4 ppo_ddp_snake.py --total-timesteps 500000000   # 4 GPUs
+  python ppo_ddp_snake.py --eval-checkpoint runs/RUN/final_model.pt --render               # watch it play
+
+Each rank steps its own boards (seeded by global board id), collects a rollout with the plain module,
+and trains through the DDP wrapper, which averages gradients over ranks: one model, one optimizer
+state, identical weights everywhere. Rank 0 alone logs, evaluates and writes runs/<run_name>/.
+"""
+
+import csv
+import gc
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = "ppo_ddp_snake"
+    """the name of this experiment (the run name starts with it)"""
+    seed: int = 1
+    """seed of the experiment; rank r seeds its sampling with seed + r, boards by global board id"""
+    torch_deterministic: bool = True
+    """`torch.backends.cudnn.deterministic` and deterministic algorithms where torch has them"""
+    cuda: bool = True
+    """use cuda:LOCAL_RANK when CUDA is present (backend nccl); otherwise CPU (backend gloo)"""
+    track: bool = False
+    """log to Weights and Biases as well (wandb is imported only then)"""
+    wandb_project_name: str = "ppo-ddp"
+    """the wandb project"""
+    run_name: str = ""
+    """runs/<run_name>/; empty = <exp_name>__<seed>__<launch id>, the same after a torchrun restart"""
+
+    # Algorithm
+    total_timesteps: int = 60_000_000
+    """environment steps of all ranks together (global)"""
+    num_envs: int = 0
+    """boards per rank; 0 = pick by the device (CPU: 512 per thread; GPU: by memory)"""
+    num_steps: int = 64
+    """steps per board per rollout (per rank batch = num_envs * num_steps)"""
+    num_minibatches: int = 4
+    """minibatches per epoch; each rank's batch is split the same way, a global minibatch spans all ranks"""
+    update_epochs: int = 2
+    """passes over the batch per update"""
+    learning_rate: float = 5e-4
+    """initial learning rate of Adam"""
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """linear: lr * (1 - p); cosine: lr * (1 + cos(pi p)) / 2; constant: lr; p = global_step / total"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalized advantage estimation"""
+    norm_adv: bool = True
+    """normalize advantages with the mean and std of the global minibatch (all ranks)"""
+    clip_coef: float = 0.2
+    """PPO's surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss as in PPO's reference implementation"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient norm clip"""
+    target_kl: float | None = None
+    """stop the update's epochs early when the mean KL over all ranks exceeds this (None = never)"""
+
+    # Snake and the agent
+    board_size: int = 10
+    """board side (the board is board_size x board_size, walls around it)"""
+    max_steps_without_food: int = 0
+    """an episode starves after this many steps without an apple; 0 = the board's area"""
+    reward_apple: float = 1.0
+    """reward per apple eaten"""
+    reward_death: float = -1.0
+    """reward on hitting a wall or the body"""
+    hidden_size: int = 256
+    """width of the two hidden layers of the MLP shared by actor and critic"""
+
+    # DDP
+    find_unused: bool = False
+    """DDP(find_unused_parameters=True); every output is used here, so it only costs a graph traversal"""
+    static_graph: bool = False
+    """DDP(static_graph=True)"""
+    dist_timeout: float = 600.0
+    """seconds any collective may wait (e.g. for rank 0's evaluation) before the job fails"""
+
+    # Run control
+    checkpoint_interval: int = 50
+    """updates between checkpoints (0 = only the final model)"""
+    eval_interval: int = 50
+    """updates between greedy evaluations on rank 0 (0 = off); other ranks wait for it at their next
+    collective, for as long as eval_episodes episodes take (at most about 2000 steps of eval boards)"""
+    eval_episodes: int = 32
+    """episodes per evaluation (played in parallel, one per board)"""
+    resume: bool = False
+    """continue runs/<run_name>/ from its latest checkpoint (also done automatically after a torchrun
+    restart); world size and schedule must match"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs the forward passes under autocast"""
+    compile: bool = False
+    """torch.compile the rollout policy and the DDP training model"""
+    print_interval: float = 10.0
+    """seconds between console status tables on rank 0"""
+
+    # Other modes
+    bench_env: bool = False
+    """step the boards alone with random actions, print `<number> steps/s` and exit"""
+    eval_checkpoint: str = ""
+    """play a checkpoint or final_model.pt in one process, print the mean score and exit"""
+    render: bool = False
+    """with --eval-checkpoint: draw the board in the terminal, frame by frame"""
+    render_fps: float = 10.0
+    """frames per second of --render"""
+
+
+class ArgError(ValueError):
+    """A bad flag or combination: one line on stderr, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environment: Snake, vectorized in torch on the training device
+# ---------------------------------------------------------------------------------------------------
+# splitmix64 constants as signed int64 (torch has no uint64 arithmetic; int64 multiplication wraps)
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output mix on int64; torch's >> is arithmetic, so each shift is masked to be logical."""
+    z = (z ^ ((z >> 30) & (2**34 - 1))) * _MIX1
+    z = (z ^ ((z >> 27) & (2**37 - 1))) * _MIX2
+    return z ^ ((z >> 31) & (2**33 - 1))
+
+
+class SnakeEnv:
+    """`num_envs` Snake boards stepped together; a finished board restarts at once and returns its new first obs.
+
+    Observation: uint8 [N, 3, size, size], meant to be divided by 255: head; body, each cell's steps until it
+    is free times `unit` (brightest at the head, faintest at the tail); apple.
+    State, one row per board: `life[i, cell]` is the number of steps until that body cell is free, times
+    `unit` (0 = free; the head holds length * unit, the tail `unit`); `head` and `apple` are flat cell
+    indices (row * size + col). Randomness is a counter-based hash of (seed, global board id, draws so far),
+    so a board's episodes depend only on its id and its actions. Rank r's board i has id r * num_envs + i.
+    """
+
+    n_actions = 4
+    UP, RIGHT, DOWN, LEFT = range(4)  # absolute directions; reversing into the neck keeps going straight
+    _STATE = ("life", "head", "direction", "length", "apple", "hunger", "steps", "draws", "key")
+
+    def __init__(
+        self,
+        num_envs: int,
+        size: int = 10,
+        device="cpu",
+        seed: int = 1,
+        env_id_offset: int = 0,
+        max_steps_without_food: int = 0,  # 0 = size * size
+        reward_apple: float = 1.0,
+        reward_death: float = -1.0,
+    ):
+        if not 3 <= size <= 15:  # the snake of 3 must fit in a row; a body cell's life must fit in uint8
+            raise ValueError(f"Snake board size must be in [3, 15], got {size}")
+        self.num_envs, self.size, self.area = num_envs, size, size * size
+        self.device = torch.device(device)
+        self.unit = 255 // self.area  # so the body channel spans [0, 255] like head and apple
+        self.max_hunger = max_steps_without_food or self.area
+        self.reward_apple, self.reward_death = reward_apple, reward_death
+        n, dev = num_envs, self.device
+        self.life = torch.zeros(n, self.area, dtype=torch.int16, device=dev)
+        self.head, self.direction, self.length, self.apple, self.hunger, self.steps, self.draws = (
+            torch.zeros(n, dtype=torch.long, device=dev) for _ in range(7)
+        )
+        gid = torch.arange(env_id_offset, env_id_offset + n, device=dev)
+        self.key = _mix64(_mix64(torch.full_like(gid, seed)) + gid)  # each board's stream: hash(seed, id)
+        self._all = torch.arange(n, device=dev)
+        self._fixed_shapes = self.device.type != "cpu"  # see _subset; tests flip it to check both paths agree
+        self._move = torch.tensor([[-1, 0], [0, 1], [1, 0], [0, -1]], device=dev)  # (d_row, d_col) per action
+        self._start_life = torch.tensor([3, 2, 1], dtype=torch.int16, device=dev) * self.unit  # head to tail
+        self.reset()
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int]:
+        return (3, self.size, self.size)
+
+    def reset(self) -> torch.Tensor:
+        """Restart every board, draw counters included: the same seed and ids always give the same boards."""
+        self.draws.zero_()
+        everywhere = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._new_episodes(everywhere)
+        self._place_apples(everywhere)
+        return self._obs()
+
+    def step(self, actions: torch.Tensor):
+        """Move every snake one cell. Returns obs, reward (float32), done (bool) and episode statistics in
+        `info` (valid where done): episode_return, episode_length, apples, snake_length, won, starved."""
+        size = self.size
+        actions = actions.long()
+        self.direction = torch.where(actions == (self.direction + 2) % 4, self.direction, actions)
+        d_row, d_col = self._move[self.direction].unbind(1)
+        row, col = self.head // size + d_row, self.head % size + d_col
+        wall = (row < 0) | (row >= size) | (col < 0) | (col >= size)
+        # A move off the board targets the head's own cell instead: never the apple, always a collision.
+        cell = torch.where(wall, self.head, row * size + col)
+        eat = cell == self.apple
+        # The tail (life `unit`) leaves its cell this step unless the snake grows, which it does only onto
+        # the apple, a free cell: so a target with more life left is a collision.
+        dead = self.life.gather(1, cell[:, None]).squeeze(1) > self.unit
+        self.life.sub_((~eat * self.unit).to(torch.int16)[:, None]).clamp_(min=0)  # body ages unless growing
+        self.length += eat
+        self.life.scatter_(1, cell[:, None], (self.length * self.unit).to(torch.int16)[:, None])
+        self.head = cell
+        self.hunger = torch.where(eat, 0, self.hunger + 1)
+        self.steps += 1
+
+        won = self.length == self.area
+        starved = (self.hunger >= self.max_hunger) & ~dead & ~won
+        done = dead | won | starved
+        reward = eat * self.reward_apple + dead * self.reward_death
+        info = {
+            "episode_return": (self.length - 3) * self.reward_apple + dead * self.reward_death,
+            "episode_length": self.steps.clone(),
+            "apples": self.length - 3,
+            "snake_length": self.length.clone(),
+            "won": won,
+            "starved": starved,
+        }
+        self._new_episodes(done)
+        self._place_apples(eat | done)
+        return self._obs(), reward, done, info
+
+    def _subset(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, selected) to update the boards in `mask`. Off CPU: all boards, blended by the mask (fixed
+        shapes, no host sync). On CPU: only those boards (one cheap nonzero keeps per-board work small)."""
+        if self._fixed_shapes:
+            return self._all, mask
+        rows = mask.nonzero().squeeze(1)
+        return rows, mask[rows]
+
+    def _update(self, name: str, rows: torch.Tensor, selected: torch.Tensor, new: torch.Tensor) -> None:
+        """State tensor `name` takes the values `new` at the selected ones of `rows`."""
+        old = getattr(self, name)
+        old[rows] = torch.where(selected.view(-1, *[1] * (old.dim() - 1)), new, old[rows])
+
+    def _random(self, rows: torch.Tensor, selected: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+        """A uniform integer in [0, n) per row from its board's own stream; selected boards advance theirs."""
+        z = _mix64(self.key[rows] + self.draws[rows] * _GOLDEN)
+        self.draws[rows] += selected
+        return (z & (2**63 - 1)) % n
+
+    def _new_episodes(self, mask: torch.Tensor) -> None:
+        """A straight snake of length 3, random position and direction, on an empty board (no apple yet)."""
+        rows, sel = self._subset(mask)
+        size = self.size
+        u = self._random(rows, sel, 4 * (size - 2) * size)
+        direction, behind, across = u % 4, 2 + u // 4 % (size - 2), u // (4 * (size - 2))
+        # The head is `behind` >= 2 cells from the wall behind it, so the whole body fits.
+        d_row, d_col = self._move[direction].unbind(1)
+        along = torch.where(d_row + d_col > 0, behind, size - 1 - behind)
+        head = torch.where(d_row != 0, along * size + across, across * size + along)
+        cells = head[:, None] - (d_row * size + d_col)[:, None] * torch.arange(3, device=self.device)
+        fresh = torch.zeros(len(rows), self.area, dtype=torch.int16, device=self.device)
+        self._update("life", rows, sel, fresh.scatter_(1, cells, self._start_life.expand(len(rows), 3)))
+        self._update("head", rows, sel, head)
+        self._update("direction", rows, sel, direction)
+        for name, value in (("length", 3), ("hunger", 0), ("steps", 0)):
+            self._update(name, rows, sel, torch.full_like(head, value))
+
+    def _place_apples(self, mask: torch.Tensor) -> None:
+        """An apple on a uniformly drawn free cell: the k-th free cell, found by a cumsum over the board."""
+        rows, sel = self._subset(mask)
+        free_count = (self.life[rows] == 0).cumsum(1)  # never 0 at the end: a full board is won and reset
+        k = self._random(rows, sel, self.area - self.length[rows])
+        self._update("apple", rows, sel, torch.searchsorted(free_count, k[:, None] + 1).squeeze(1))
+
+    def _obs(self) -> torch.Tensor:
+        """uint8 [N, 3, S, S]: head (255), body (`life`: most at the head, least at the tail), apple (255)."""
+        n, area = self.num_envs, self.area
+        obs = torch.zeros(n, 3, area, dtype=torch.uint8, device=self.device)
+        obs[:, 1] = self.life
+        obs.view(n, 3 * area).scatter_(1, torch.stack([self.head, 2 * area + self.apple], 1), 255)
+        return obs.view(n, *self.obs_shape)
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).clone() for name in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._STATE:
+            old, new = getattr(self, name), state[name]
+            if new.shape != old.shape or new.dtype != old.dtype:
+                raise ValueError(
+                    f"SnakeEnv {name}: got {new.dtype}{list(new.shape)}, want {old.dtype}{list(old.shape)}"
+                )
+            setattr(self, name, new.to(self.device, copy=True))
+
+    def _set_state(self, i: int, body: list, direction: int, apple: tuple) -> None:
+        """Test seam: put board `i` in a crafted state. `body` lists (row, col) cells from head to tail."""
+        cells = [r * self.size + c for r, c in body]
+        self.life[i] = 0
+        for j, cell in enumerate(cells):
+            self.life[i, cell] = (len(cells) - j) * self.unit
+        self.head[i], self.direction[i], self.length[i] = cells[0], direction, len(cells)
+        self.apple[i] = apple[0] * self.size + apple[1]
+        self.hunger[i] = self.steps[i] = 0
+
+
+def render_board(env: SnakeEnv, i: int) -> str:
+    """Board `i` as text: '@' head, 'o' body, '*' apple, '#' walls, then its length and hunger."""
+    life, head, apple = env.life[i].tolist(), int(env.head[i]), int(env.apple[i])
+    cell = ["@" if c == head else "*" if c == apple else "o" if life[c] else "." for c in range(env.area)]
+    rows = ["# " + " ".join(cell[r * env.size : (r + 1) * env.size]) + " #" for r in range(env.size)]
+    wall = " ".join("#" * (env.size + 2))
+    status = f"length {int(env.length[i])}  hunger {int(env.hunger[i])}/{env.max_hunger}"
+    return "\n".join([wall, *rows, wall, status])
+
+
+def bench_env(num_envs: int, device, steps: int, seed: int = 1) -> float:
+    """Board-steps per second with random actions (drawn up front, so only the environment is timed)."""
+    env = SnakeEnv(num_envs, device=device, seed=seed)
+    gen = torch.Generator(env.device).manual_seed(seed)
+    actions = torch.randint(0, 4, (16, num_envs), device=env.device, generator=gen)
+    sync = (lambda: torch.cuda.synchronize(env.device)) if env.device.type == "cuda" else (lambda: None)
+    for t in range(10):  # warm-up
+        env.step(actions[t % 16])
+    sync()
+    start = time.perf_counter()
+    for t in range(steps):
+        env.step(actions[t % 16])
+    sync()
+    return num_envs * steps / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Agent
+# ---------------------------------------------------------------------------------------------------
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """An MLP actor-critic on the flattened board, built from the whole config."""
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, args: Args):
+        super().__init__()
+        n_in, h = math.prod(obs_shape), args.hidden_size
+        self.trunk = nn.Sequential(layer_init(nn.Linear(n_in, h)), nn.ReLU(), layer_init(nn.Linear(h, h)), nn.ReLU())
+        self.actor = layer_init(nn.Linear(h, n_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(h, 1), std=1.0)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None, greedy: bool = False):
+        """(action, log-prob, entropy, value); samples an action unless one is given."""
+        hidden = self.trunk(obs.flatten(1).float() / 255.0)  # uint8 channels span [0, 255]
+        logits = self.actor(hidden)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = logits.argmax(-1) if greedy else probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers: sizes, schedules, GAE, the PPO update, checkpoints (the tests call these very functions)
+# ---------------------------------------------------------------------------------------------------
+def default_num_envs(device: torch.device) -> int:
+    """Boards per rank for --num-envs 0: CPU 512 per torch thread; GPU 4096 per GiB, at most 65536."""
+    if device.type == "cuda":
+        gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return int(min(65536, 4096 * max(1, int(gib))))
+    return 512 * torch.get_num_threads()
+
+
+def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
+    """Batch sizes and update count; raises ArgError on anything that cannot train. Pure: every rank
+    computes the same verdict from the same arguments, so no rank is left waiting in a collective."""
+    positive = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "board_size")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 3 <= args.board_size <= 15:
+        raise ArgError(f"--board-size must be in [3, 15] (a snake of 3 fits; life fits uint8), got {args.board_size}")
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise ArgError(
+            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
+        )
+    global_batch = batch * world_size
+    if args.total_timesteps < global_batch:
+        raise ArgError(
+            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
+            f"({args.num_envs} boards x {args.num_steps} steps x {world_size} ranks = {global_batch})"
+        )
+    checks = [
+        (args.learning_rate > 0, "--learning-rate must be positive"),
+        (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must be in [0, 1]"),
+        (args.clip_coef > 0 and args.max_grad_norm > 0, "--clip-coef and --max-grad-norm must be positive"),
+        (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive"),
+        (
+            min(args.checkpoint_interval, args.eval_interval, args.max_steps_without_food) >= 0,
+            "--checkpoint-interval, --eval-interval and --max-steps-without-food must be >= 0",
+        ),
+        (args.eval_episodes > 0 and args.hidden_size > 0, "--eval-episodes and --hidden-size must be positive"),
+        (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ArgError(message)
+    return {
+        "world_size": world_size,
+        "batch_size_per_rank": batch,
+        "global_batch_size": global_batch,
+        "minibatch_size_per_rank": batch // args.num_minibatches,
+        "num_updates": args.total_timesteps // global_batch,
+    }
+
+
+def learning_rate_at(args: Args, progress: float) -> float:
+    """The learning rate at progress p = global_step / total_timesteps in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    factor = {"linear": 1.0 - p, "cosine": 0.5 * (1.0 + math.cos(math.pi * p)), "constant": 1.0}
+    return args.learning_rate * factor[args.lr_schedule]
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+    """Advantages and returns (= advantages + rollout values). dones[t] = 1 means obs[t] began a new
+    episode, so nothing flows back across it (CleanRL's convention). Shapes [T, N]."""
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        not_done = 1.0 - (next_done if t == rewards.shape[0] - 1 else dones[t + 1])
+        next_v = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_v * not_done - values[t]
+        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std of x joined over all ranks: one all-reduce of sum, sum of squares, count."""
+    s = torch.stack([x.sum(), (x * x).sum(), torch.tensor(x.numel(), device=x.device)]).double()
+    dist.all_reduce(s)
+    mean = s[0] / s[2]
+    var = (s[1] - s[2] * mean * mean) / (s[2] - 1).clamp(min=1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
+
+
+def ppo_update(
+    model: nn.Module, optimizer: torch.optim.Optimizer, b: dict, args: Args, gen: torch.Generator
+) -> dict[str, float]:
+    """PPO's epochs over this rank's batch `b` (flat tensors). `model` is the DDP wrapper, so each
+    backward averages gradients over ranks. Returns the losses averaged over minibatches and ranks."""
+    n = b["obs"].shape[0]
+    mb_size = n // args.num_minibatches
+    sums = torch.zeros(6, device=b["obs"].device)  # pg, v, entropy, approx_kl, clipfrac, minibatches
+    for _epoch in range(args.update_epochs):
+        epoch_kl = torch.zeros(2, device=sums.device)
+        perm = torch.randperm(n, generator=gen).to(sums.device)
+        for start in range(0, n, mb_size):
+            mb = perm[start : start + mb_size]
+            with torch.autocast(sums.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
+                _, newlogprob, entropy, newvalue = model(b["obs"][mb], b["actions"][mb])
+            logratio = newlogprob.float() - b["logprobs"][mb]
+            ratio = logratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+            adv = b["advantages"][mb]
+            if args.norm_adv:
+                mean, std = global_mean_std(adv)
+                adv = (adv - mean) / (std + 1e-8)
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+            newvalue = newvalue.float()
+            if args.clip_vloss:
+                v_clipped = b["values"][mb] + (newvalue - b["values"][mb]).clamp(-args.clip_coef, args.clip_coef)
+                v_loss = 0.5 * torch.max((newvalue - b["returns"][mb]) ** 2, (v_clipped - b["returns"][mb]) ** 2).mean()
+            else:
+                v_loss = 0.5 * ((newvalue - b["returns"][mb]) ** 2).mean()
+            entropy_loss = entropy.float().mean()
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # DDP all-reduces the gradients here: they are identical on every rank after it
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            if not torch.isfinite(grad_norm):  # same verdict on every rank: the gradients are all-reduced
+                raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}) at loss {loss.item()}")
+            optimizer.step()
+            sums += torch.stack(
+                [
+                    pg_loss.detach(),
+                    v_loss.detach(),
+                    entropy_loss.detach(),
+                    approx_kl,
+                    clipfrac,
+                    torch.ones((), device=sums.device),
+                ]
+            )
+            epoch_kl += torch.stack([approx_kl, torch.ones((), device=sums.device)])
+        if args.target_kl is not None:  # decided together: the mean KL of this epoch over all ranks
+            dist.all_reduce(epoch_kl)
+            if (epoch_kl[0] / epoch_kl[1]).item() > args.target_kl:
+                break
+    dist.all_reduce(sums)
+    keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+    return {f"losses/{k}": (sums[i] / sums[5]).item() for i, k in enumerate(keys)}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind DDP and torch.compile wrappers (state dict keys without prefixes)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted((run_dir / "checkpoints").glob("update_*.pt"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint, or fail with one line that names the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise RuntimeError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: greedy episodes on boards of their own
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def evaluate(
+    agent: nn.Module, args: Args, device: torch.device, episodes: int, seed: int, render: bool = False
+) -> dict[str, float]:
+    """Play `episodes` greedy episodes, one per board in parallel; mean return, length and apples."""
+    env = SnakeEnv(
+        episodes, args.board_size, device, seed, 0, args.max_steps_without_food, args.reward_apple, args.reward_death
+    )
+    obs = env.reset()
+    finished = torch.zeros(episodes, dtype=torch.bool, device=device)
+    totals = {k: torch.zeros(episodes, device=device) for k in ("episode_return", "episode_length", "apples")}
+    max_steps = (args.max_steps_without_food or args.board_size**2) * (args.board_size**2 + 1)
+    for _ in range(max_steps):
+        action = agent(obs, greedy=True)[0]
+        obs, _, done, info = env.step(action)
+        if render:
+            print("\033[H\033[J" + render_board(env, 0), flush=True)
+            time.sleep(1.0 / args.render_fps)
+        new = done & ~finished
+        for k, v in totals.items():
+            v.copy_(torch.where(new, info[k].float(), v))
+        finished |= done
+        if (render and done[0]) or finished.all():
+            break
+    n = finished.sum().clamp(min=1)
+    return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()}
+
+
+def play_checkpoint(args: Args) -> int:
+    """--eval-checkpoint: rebuild the policy from the file alone, in one process, and play it."""
+    ckpt = load_checkpoint(Path(args.eval_checkpoint))
+    train_args = Args(**ckpt["args"])
+    agent = Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], train_args)
+    agent.load_state_dict(ckpt["model"])
+    episodes = 1 if args.render else args.eval_episodes
+    stats = evaluate(agent.eval(), train_args, torch.device("cpu"), episodes, args.seed, render=args.render)
+    print(
+        f"{episodes} greedy episodes: mean apples {stats['eval/apples']:.2f}, "
+        f"mean return {stats['eval/episode_return']:.2f}, mean length {stats['eval/episode_length']:.1f}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Logging on rank 0: TensorBoard, progress.csv, console table
+# ---------------------------------------------------------------------------------------------------
+METRICS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/learning_rate",
+    "losses/value_loss",
+    "losses/policy_loss",
+    "losses/entropy",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "losses/explained_variance",
+    "time/rollout_s",
+    "time/update_s",
+    "snake/apples",
+    "snake/length",
+    "snake/episodes",
+    "eval/episode_return",
+    "eval/episode_length",
+    "eval/apples",
+]
+
+
+def open_progress(path: Path, last_update: int):
+    """progress.csv for appending, holding exactly the rows of updates 1..last_update (a resumed run
+    drops rows written after its checkpoint, so no row is duplicated)."""
+    fields = ["update", "global_step", *METRICS]
+    rows = []
+    if last_update > 0 and path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["update"]) <= last_update]
+    f = open(path, "w", newline="")  # noqa: SIM115  (kept open for the whole run)
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    f.flush()
+    return f, writer
+
+
+def print_status(row: dict, total: int, per_rank_sps: list[float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"update {row['update']}", show_header=False)
+    done = row["global_step"]
+    table.add_row("steps", f"{done:,} / {total:,} ({100 * done / total:.1f}%)")
+    table.add_row(
+        "SPS (global / per rank)", f"{row['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
+    )
+    table.add_row("episodic return / apples", f"{row['charts/episodic_return']:.2f} / {row['snake/apples']:.2f}")
+    table.add_row(
+        "losses pg / v / entropy",
+        f"{row['losses/policy_loss']:.4f} / {row['losses/value_loss']:.4f} / {row['losses/entropy']:.3f}",
+    )
+    table.add_row("time rollout / update (s)", f"{row['time/rollout_s']:.2f} / {row['time/update_s']:.2f}")
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------
+def main() -> int:
+    args = tyro.cli(Args)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if args.num_envs == 0:
+        args.num_envs = default_num_envs(device)
+    try:
+        sizes = derived_sizes(args, world_size)
+    except ArgError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.eval_checkpoint:
+        return play_checkpoint(args)
+    if args.bench_env:
+        print(f"{args.num_envs} boards on {device}: {bench_env(args.num_envs, device, 200, args.seed):,.0f} steps/s")
+        return 0
+
+    # -- DDP set-up: every rank reaches every collective below in the same order --
+    if use_cuda:
+        torch.cuda.set_device(device)
+    backend = "nccl" if use_cuda else "gloo"
+    timeout = timedelta(seconds=args.dist_timeout)
+    if "RANK" in os.environ:
+        dist.init_process_group(backend, timeout=timeout, device_id=device if use_cuda else None)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    try:
+        code = train(args, sizes, rank, world_size, device)
+        dist.barrier()  # a successful run ends together
+        return code
+    except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        gc.collect()  # free DDP's reducer while the process group exists (see README)
+        dist.destroy_process_group()
+
+
+def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device) -> int:
+    if not args.run_name:
+        launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        stamp = torch.tensor([int(time.time())])
+        dist.broadcast(stamp, 0)  # one name for all ranks
+        args.run_name = f"{args.exp_name}__{args.seed}__{launch[:8] if launch != 'none' else stamp.item()}"
+    run_dir = Path("runs") / args.run_name
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)  # action sampling differs per rank; the weights come from rank 0
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    env = SnakeEnv(
+        args.num_envs,
+        args.board_size,
+        device,
+        args.seed,
+        rank * args.num_envs,
+        args.max_steps_without_food,
+        args.reward_apple,
+        args.reward_death,
+    )
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    agent = Agent(env.obs_shape, env.n_actions, args).to(device)
+    torch.manual_seed(args.seed + rank)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    minibatch_gen = torch.Generator().manual_seed(args.seed)  # the same permutations on every rank
+    start_update, global_step, next_obs = 1, 0, env.reset()
+    next_done = torch.zeros(args.num_envs, device=device)
+
+    # -- resume: every rank reads the same checkpoint and takes its own boards and RNG state --
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint and (args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0):
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt["world_size"] != world_size:
+            raise ArgError(f"{checkpoint} was written with world size {ckpt['world_size']}, not {world_size}")
+        agent.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        env.load_state_dict(ckpt["env"][rank])
+        set_rng_state(ckpt["rng"][rank])
+        minibatch_gen.set_state(ckpt["minibatch_rng"])
+        start_update, global_step = ckpt["update"] + 1, ckpt["global_step"]
+        next_obs, next_done = ckpt["next_obs"][rank].to(device), ckpt["next_done"][rank].to(device)
+        if rank == 0:
+            print(f"resumed from {checkpoint} at update {ckpt['update']}, global_step {global_step:,}")
+    elif args.resume:
+        raise ArgError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+
+    # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
+    model = DDP(
+        agent,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=args.find_unused,
+        static_graph=args.static_graph,
+    )
+    check_identical(agent, "after wrapping")
+    policy = torch.compile(agent) if args.compile else agent
+    if args.compile:
+        model = torch.compile(model)
+
+    writer = csv_file = csv_writer = None
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device)}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        writer = SummaryWriter(str(run_dir))
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        )
+        csv_file, csv_writer = open_progress(run_dir / "progress.csv", start_update - 1)
+        print(
+            f"run {args.run_name}: world size {world_size}, device {device}, {args.num_envs} boards per rank, "
+            f"batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
+            f"minibatch {sizes['minibatch_size_per_rank']} per rank, {sizes['num_updates']} updates"
+        )
+
+    # -- rollout storage, on the device --
+    T, N = args.num_steps, args.num_envs
+    obs = torch.zeros((T, N, *env.obs_shape), dtype=next_obs.dtype, device=device)
+    actions, logprobs, rewards, dones, values = (torch.zeros((T, N), device=device) for _ in range(5))
+    last_print = time.time()
+    for update in range(start_update, sizes["num_updates"] + 1):
+        lr = learning_rate_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
+        optimizer.param_groups[0]["lr"] = lr
+
+        # -- rollout: the plain module, no gradients; episode statistics stay on the device --
+        t0 = time.perf_counter()
+        ep = torch.zeros(5, device=device)  # episodes, return, length, apples, snake length
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
+            for step in range(T):
+                obs[step], dones[step] = next_obs, next_done
+                action, logprob, _, value = policy(next_obs)
+                values[step], actions[step], logprobs[step] = value.float(), action, logprob.float()
+                next_obs, reward, done, info = env.step(action)
+                rewards[step], next_done = reward, done.float()
+                ep += torch.stack(
+                    [
+                        done.sum(),
+                        *(
+                            torch.where(done, info[k], 0).sum()
+                            for k in ("episode_return", "episode_length", "apples", "snake_length")
+                        ),
+                    ]
+                )
+            next_value = policy(next_obs)[3].float()
+        global_step += N * T * world_size
+
+        # -- advantages, then the update through DDP --
+        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
+        b = {
+            "obs": obs.flatten(0, 1),
+            "actions": actions.flatten().long(),
+            "logprobs": logprobs.flatten(),
+            "advantages": advantages.flatten(),
+            "returns": returns.flatten(),
+            "values": values.flatten(),
+        }
+        t1 = time.perf_counter()
+        losses = ppo_update(model, optimizer, b, args, minibatch_gen)
+        t2 = time.perf_counter()
+
+        # -- statistics of all ranks, one collective: rank 0 logs them --
+        var_y = b["returns"].var()
+        ev = 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=device)
+        mine = torch.cat(
+            [
+                ep,
+                torch.stack([ev, torch.tensor(N * T / (t2 - t0), device=device)]),
+                torch.tensor([t1 - t0, t2 - t1], device=device),
+            ]
+        ).float()
+        gathered = [torch.zeros_like(mine) for _ in range(world_size)]
+        dist.all_gather(gathered, mine)
+        stats = torch.stack(gathered).cpu()
+        iteration_s = time.perf_counter() - t0
+        eval_stats = {}
+        if args.eval_interval and update % args.eval_interval == 0 and rank == 0:
+            eval_stats = evaluate(agent, args, device, args.eval_episodes, seed=args.seed + 1_000_003)
+        if rank == 0:
+            total = stats[:, :5].sum(0)
+            episodes = max(total[0].item(), 1.0)
+            row = {
+                "update": update,
+                "global_step": global_step,
+                **losses,
+                **eval_stats,
+                "charts/episodic_return": total[1].item() / episodes,
+                "charts/episodic_length": total[2].item() / episodes,
+                "snake/apples": total[3].item() / episodes,
+                "snake/length": total[4].item() / episodes,
+                "snake/episodes": total[0].item(),
+                "losses/explained_variance": stats[:, 5].mean().item(),
+                "charts/SPS": N * T * world_size / iteration_s,
+                "charts/learning_rate": lr,
+                "time/rollout_s": stats[:, 7].max().item(),
+                "time/update_s": stats[:, 8].max().item(),
+            }
+            for k, v in row.items():
+                if "/" in k:
+                    writer.add_scalar(k, v, global_step)
+            csv_writer.writerow(row)
+            csv_file.flush()
+            if time.time() - last_print > args.print_interval or update == sizes["num_updates"]:
+                print_status(row, args.total_timesteps, stats[:, 6].tolist())
+                last_print = time.time()
+
+        # -- checkpoint: rank 0 writes everything every rank needs to continue exactly --
+        if args.checkpoint_interval and update % args.checkpoint_interval == 0:
+            save_checkpoint(
+                run_dir,
+                agent,
+                optimizer,
+                env,
+                args,
+                update,
+                global_step,
+                world_size,
+                rank,
+                minibatch_gen,
+                next_obs,
+                next_done,
+            )
+
+    check_identical(agent, "at the end")
+    if rank == 0:
+        print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
+        atomic_save(
+            {"model": agent.state_dict(), "args": asdict(args), "obs_shape": env.obs_shape, "n_actions": env.n_actions},
+            run_dir / "final_model.pt",
+        )
+        writer.close()
+        csv_file.close()
+        print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
+    return 0
+
+
+def save_checkpoint(
+    run_dir, agent, optimizer, env, args, update, global_step, world_size, rank, minibatch_gen, next_obs, next_done
+) -> None:
+    """Gather every rank's boards and RNG state to rank 0, which writes update_<8 digits>.pt atomically."""
+    mine = {"env": env.state_dict(), "rng": rng_state(), "next_obs": next_obs.cpu(), "next_done": next_done.cpu()}
+    mine["env"] = {k: v.cpu() if torch.is_tensor(v) else v for k, v in mine["env"].items()}
+    everyone = [None] * world_size
+    dist.all_gather_object(everyone, mine)
+    if rank == 0:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        ckpt = {
+            "model": agent.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "update": update,
+            "global_step": global_step,
+            "args": asdict(args),
+            "world_size": world_size,
+            "minibatch_rng": minibatch_gen.get_state(),
+            "obs_shape": env.obs_shape,
+            "n_actions": env.n_actions,
+            **{k: [r[k] for r in everyone] for k in mine},
+        }
+        atomic_save(ckpt, run_dir / "checkpoints" / f"update_{update:08d}.pt")
+
+
+def check_identical(agent: nn.Module, when: str) -> None:
+    """All ranks hold the same weights: compare the min and max over ranks of a float64 checksum."""
+    flat = torch.cat([p.detach().double().flatten() for p in agent.parameters()])
+    s = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()])
+    lo, hi = s.clone(), s.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError(f"parameters differ across ranks {when}: checksums {lo.tolist()} vs {hi.tolist()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

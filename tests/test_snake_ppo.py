@@ -1,0 +1,176 @@
+"""ppo_ddp_snake.py end to end: real torchrun jobs with 2 gloo processes, and the functions they train with."""
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from helpers import explain, python, torchrun
+
+import ppo_ddp_snake as snake
+
+# 64 boards x 32 steps x 2 ranks = 4096 steps per update; 3 updates.
+SMALL = [
+    "--num-envs=64",
+    "--num-steps=32",
+    "--num-minibatches=2",
+    "--hidden-size=32",
+    "--total-timesteps=12288",
+    "--checkpoint-interval=1",
+    "--eval-interval=2",
+    "--eval-episodes=4",
+    "--print-interval=0",
+]
+
+
+def progress(run_dir):
+    with open(run_dir / "progress.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One 2-rank training run shared by the tests below: 3 updates, a checkpoint after each."""
+    cwd = tmp_path_factory.mktemp("snake")
+    p = torchrun("ppo_ddp_snake.py", *SMALL, "--run-name=t", cwd=cwd, timeout=240)
+    assert p.returncode == 0, explain(p)
+    return cwd, cwd / "runs" / "t", p
+
+
+def test_two_ranks_train_identical_weights_and_complete_run_dir(ddp_run):
+    _, run_dir, p = ddp_run
+    assert "parameters identical on all 2 ranks after 3 updates" in p.stdout, explain(p)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["world_size"] == 2 and config["num_updates"] == 3 and config["global_batch_size"] == 4096
+    rows = progress(run_dir)
+    assert [int(r["update"]) for r in rows] == [1, 2, 3]
+    assert [int(r["global_step"]) for r in rows] == [4096, 8192, 12288]  # every rank's steps count
+    assert set(snake.METRICS) <= set(rows[0])
+    assert all(float(r["losses/entropy"]) > 0 and float(r["charts/SPS"]) > 0 for r in rows)
+    assert rows[1]["eval/apples"] != "" and rows[0]["eval/apples"] == ""  # eval every 2 updates
+    assert float(rows[0]["charts/learning_rate"]) == pytest.approx(5e-4)  # linear: lr * (1 - p) at p = 0
+    assert float(rows[2]["charts/learning_rate"]) == pytest.approx(5e-4 * (1 - 8192 / 12288))
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert sorted(f.name for f in (run_dir / "checkpoints").iterdir()) == [
+        "update_00000001.pt",
+        "update_00000002.pt",
+        "update_00000003.pt",
+    ]
+    assert (run_dir / "final_model.pt").exists()
+
+
+def test_checkpoint_has_no_prefix_and_loads_in_one_process(ddp_run):
+    _, run_dir, _ = ddp_run
+    for path in [run_dir / "final_model.pt", run_dir / "checkpoints" / "update_00000003.pt"]:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+        agent = snake.Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], snake.Args(**ckpt["args"]))
+        agent.load_state_dict(ckpt["model"])  # strict: every key matches
+    ckpt = torch.load(run_dir / "checkpoints" / "update_00000003.pt", map_location="cpu", weights_only=False)
+    assert ckpt["update"] == 3 and ckpt["global_step"] == 12288 and len(ckpt["env"]) == 2
+    final = torch.load(run_dir / "final_model.pt", map_location="cpu", weights_only=False)
+    assert all(torch.equal(final["model"][k], v) for k, v in ckpt["model"].items())
+
+
+def test_resume_continues_exactly(ddp_run, tmp_path):
+    """Stop after update 2 (drop what came later), resume: same weights, same progress.csv rows."""
+    cwd, run_dir, _ = ddp_run
+    resumed = tmp_path / "runs" / "t"
+    shutil.copytree(run_dir, resumed)
+    (resumed / "checkpoints" / "update_00000003.pt").unlink()
+    (resumed / "final_model.pt").unlink()
+    p = torchrun("ppo_ddp_snake.py", *SMALL, "--run-name=t", "--resume", cwd=tmp_path, timeout=240)
+    assert p.returncode == 0, explain(p)
+    assert "resumed from runs/t/checkpoints/update_00000002.pt at update 2, global_step 8,192" in p.stdout
+    a, b = progress(run_dir), progress(resumed)
+    assert [r["update"] for r in b] == ["1", "2", "3"]  # no gap, no duplicate
+    skip = {"charts/SPS", "time/rollout_s", "time/update_s"}  # wall-clock columns
+    for ra, rb in zip(a, b, strict=True):
+        assert {k: v for k, v in ra.items() if k not in skip} == {k: v for k, v in rb.items() if k not in skip}
+    wa = torch.load(run_dir / "final_model.pt", weights_only=False)["model"]
+    wb = torch.load(resumed / "final_model.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("render", [False, True])
+def test_eval_checkpoint(ddp_run, render):
+    _, run_dir, _ = ddp_run
+    args = ["--eval-checkpoint", str(run_dir / "final_model.pt"), "--eval-episodes=3"]
+    p = python("ppo_ddp_snake.py", *args, *(["--render", "--render-fps=1000"] if render else []), timeout=120)
+    assert p.returncode == 0, explain(p)
+    assert ("1 greedy episodes" if render else "3 greedy episodes") in p.stdout and "mean apples" in p.stdout
+    assert ("@" in p.stdout and "#" in p.stdout) == render  # frames drawn only with --render
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-minibatches=3", "--num-envs=64"], "not divisible by --num-minibatches 3"),
+        (["--total-timesteps=100", "--num-envs=64"], "below one update's global batch"),
+        (["--num-steps=-1"], "--num-steps must be positive"),
+        (["--board-size=2"], "--board-size must be in [3, 15]"),
+        (["--learning-rate=0"], "--learning-rate must be positive"),
+        (["--render"], "--render needs --eval-checkpoint"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(flags, message):
+    p = python("ppo_ddp_snake.py", *flags, timeout=60)
+    assert p.returncode == 2, explain(p)
+    assert p.stderr.startswith("error: ") and message in p.stderr and p.stderr.strip().count("\n") == 0
+
+
+def test_bad_arguments_under_torchrun_stop_every_rank(tmp_path):
+    p = torchrun("ppo_ddp_snake.py", "--num-envs=64", "--run-name=none", "--resume", cwd=tmp_path, timeout=120)
+    assert p.returncode != 0 and "exitcode: 2" in p.stderr, explain(p)
+    assert p.stderr.count("error: --resume: no checkpoint in runs/none/checkpoints") == 2
+    assert not (tmp_path / "runs" / "none" / "progress.csv").exists()
+
+
+def test_gae_returns_are_advantages_plus_rollout_values():
+    T, N = 5, 3
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(T, N, generator=g), torch.randn(T, N, generator=g)
+    dones = (torch.rand(T, N, generator=g) < 0.3).float()
+    next_value, next_done = torch.randn(N, generator=g), torch.tensor([0.0, 1.0, 0.0])
+    adv, ret = snake.compute_gae(rewards, values, dones, next_value, next_done, 0.9, 0.8)
+    assert torch.equal(ret, adv + values)
+    for n in range(N):  # the textbook recursion, one board at a time
+        gae = 0.0
+        for t in reversed(range(T)):
+            nd = 1.0 - (next_done[n] if t == T - 1 else dones[t + 1, n])
+            nv = next_value[n] if t == T - 1 else values[t + 1, n]
+            delta = rewards[t, n] + 0.9 * nv * nd - values[t, n]
+            gae = delta + 0.9 * 0.8 * nd * gae
+            assert adv[t, n].item() == pytest.approx(float(gae), abs=1e-6)
+
+
+@pytest.mark.parametrize("schedule, mid", [("linear", 0.5), ("cosine", 0.5), ("constant", 1.0)])
+def test_learning_rate_schedules(schedule, mid):
+    args = snake.Args(learning_rate=1e-3, lr_schedule=schedule)
+    assert snake.learning_rate_at(args, 0.0) == pytest.approx(1e-3)
+    assert snake.learning_rate_at(args, 0.5) == pytest.approx(1e-3 * mid)
+    assert snake.learning_rate_at(args, 1.0) == pytest.approx(1e-3 if schedule == "constant" else 0.0, abs=1e-12)
+    assert snake.learning_rate_at(snake.Args(lr_schedule="cosine"), 0.25) == pytest.approx(
+        5e-4 * (1 + math.cos(math.pi / 4)) / 2
+    )
+
+
+def test_learning_beats_random_play(tmp_path):
+    """Bounded by steps, not time: 2.5M steps in one process lift apples per episode far above random (~0.1)."""
+    p = python(
+        "ppo_ddp_snake.py",
+        "--num-envs=512",
+        "--hidden-size=128",
+        "--total-timesteps=2500000",
+        "--eval-interval=0",
+        "--checkpoint-interval=0",
+        "--run-name=learn",
+        cwd=tmp_path,
+        timeout=400,
+    )
+    assert p.returncode == 0, explain(p)
+    rows = progress(tmp_path / "runs" / "learn")
+    first, last = float(rows[0]["snake/apples"]), float(rows[-1]["snake/apples"])
+    assert first < 0.3 and last > 1.0, (first, last)
