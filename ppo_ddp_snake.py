@@ -50,17 +50,17 @@ class Args:
     """runs/<run_name>/; empty = <exp_name>__<seed>__<launch id>, the same after a torchrun restart"""
 
     # Algorithm
-    total_timesteps: int = 60_000_000
+    total_timesteps: int = 20_000_000
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
-    """boards per rank; 0 = pick by the device (CPU: 512 per thread; GPU: by memory)"""
+    """boards per rank; 0 = pick by the device (CPU: 256 per thread; GPU: 4096 per GiB, at most 65536)"""
     num_steps: int = 64
     """steps per board per rollout (per rank batch = num_envs * num_steps)"""
     num_minibatches: int = 4
     """minibatches per epoch; each rank's batch is split the same way, a global minibatch spans all ranks"""
     update_epochs: int = 2
     """passes over the batch per update"""
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     """initial learning rate of Adam"""
     lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
     """linear: lr * (1 - p); cosine: lr * (1 + cos(pi p)) / 2; constant: lr; p = global_step / total"""
@@ -92,7 +92,7 @@ class Args:
     """reward per apple eaten"""
     reward_death: float = -1.0
     """reward on hitting a wall or the body"""
-    hidden_size: int = 256
+    hidden_size: int = 128
     """width of the two hidden layers of the MLP shared by actor and critic"""
 
     # DDP
@@ -382,11 +382,11 @@ class Agent(nn.Module):
 # Helpers: sizes, schedules, GAE, the PPO update, checkpoints (the tests call these very functions)
 # ---------------------------------------------------------------------------------------------------
 def default_num_envs(device: torch.device) -> int:
-    """Boards per rank for --num-envs 0: CPU 512 per torch thread; GPU 4096 per GiB, at most 65536."""
+    """Boards per rank for --num-envs 0: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
     if device.type == "cuda":
         gib = torch.cuda.get_device_properties(device).total_memory / 2**30
         return int(min(65536, 4096 * max(1, int(gib))))
-    return 512 * torch.get_num_threads()
+    return 256 * torch.get_num_threads()
 
 
 def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
@@ -456,7 +456,8 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
 
 def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (unbiased) std of x joined over all ranks: one all-reduce of sum, sum of squares, count."""
-    s = torch.stack([x.sum(), (x * x).sum(), torch.tensor(x.numel(), device=x.device)]).double()
+    x = x.double()
+    s = torch.stack([x.sum(), (x * x).sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
     dist.all_reduce(s)
     mean = s[0] / s[2]
     var = (s[1] - s[2] * mean * mean) / (s[2] - 1).clamp(min=1)

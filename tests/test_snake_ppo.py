@@ -50,8 +50,8 @@ def test_two_ranks_train_identical_weights_and_complete_run_dir(ddp_run):
     assert set(snake.METRICS) <= set(rows[0])
     assert all(float(r["losses/entropy"]) > 0 and float(r["charts/SPS"]) > 0 for r in rows)
     assert rows[1]["eval/apples"] != "" and rows[0]["eval/apples"] == ""  # eval every 2 updates
-    assert float(rows[0]["charts/learning_rate"]) == pytest.approx(5e-4)  # linear: lr * (1 - p) at p = 0
-    assert float(rows[2]["charts/learning_rate"]) == pytest.approx(5e-4 * (1 - 8192 / 12288))
+    assert float(rows[0]["charts/learning_rate"]) == pytest.approx(1e-3)  # linear: lr * (1 - p) at p = 0
+    assert float(rows[2]["charts/learning_rate"]) == pytest.approx(1e-3 * (1 - 8192 / 12288))
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert sorted(f.name for f in (run_dir / "checkpoints").iterdir()) == [
         "update_00000001.pt",
@@ -153,24 +153,25 @@ def test_learning_rate_schedules(schedule, mid):
     assert snake.learning_rate_at(args, 0.5) == pytest.approx(1e-3 * mid)
     assert snake.learning_rate_at(args, 1.0) == pytest.approx(1e-3 if schedule == "constant" else 0.0, abs=1e-12)
     assert snake.learning_rate_at(snake.Args(lr_schedule="cosine"), 0.25) == pytest.approx(
-        5e-4 * (1 + math.cos(math.pi / 4)) / 2
+        1e-3 * (1 + math.cos(math.pi / 4)) / 2
     )
 
 
 def test_learning_beats_random_play(tmp_path):
-    """Bounded by steps, not time: 2.5M steps in one process lift apples per episode far above random (~0.1)."""
+    """Bounded by steps, not time: 800k steps in one process lift apples per episode far above random (~0.1)."""
     p = python(
         "ppo_ddp_snake.py",
-        "--num-envs=512",
-        "--hidden-size=128",
-        "--total-timesteps=2500000",
+        "--num-envs=256",
+        "--total-timesteps=800000",
+        "--learning-rate=1e-3",
+        "--lr-schedule=constant",
         "--eval-interval=0",
         "--checkpoint-interval=0",
         "--run-name=learn",
         cwd=tmp_path,
-        timeout=400,
+        timeout=300,
     )
     assert p.returncode == 0, explain(p)
     rows = progress(tmp_path / "runs" / "learn")
     first, last = float(rows[0]["snake/apples"]), float(rows[-1]["snake/apples"])
-    assert first < 0.3 and last > 1.0, (first, last)
+    assert first < 0.3 and last > 1.5, (first, last)
