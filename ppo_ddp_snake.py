@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -372,7 +373,7 @@ class Agent(nn.Module):
         """(action, log-prob, entropy, value); samples an action unless one is given."""
         hidden = self.trunk(obs.flatten(1).float() / 255.0)  # uint8 channels span [0, 255]
         logits = self.actor(hidden)
-        probs = Categorical(logits=logits)
+        probs = Categorical(logits=logits, validate_args=False)  # NaNs are caught by the update's check
         if action is None:
             action = logits.argmax(-1) if greedy else probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1)
@@ -464,19 +465,25 @@ def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), var.clamp(min=0).sqrt().float()
 
 
+def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
+    """One epoch's minibatch indices into a batch of n. Every rank draws the same permutation (same
+    generator) of its own batch, so global minibatch k is the union of the ranks' k-th minibatches.
+    shards=S replays that in one process on S ranks' batches joined (the equivalence test)."""
+    per_shard = n // shards
+    perm, size = torch.randperm(per_shard, generator=gen), per_shard // num_minibatches
+    return [torch.cat([perm[i : i + size] + s * per_shard for s in range(shards)]) for i in range(0, per_shard, size)]
+
+
 def ppo_update(
-    model: nn.Module, optimizer: torch.optim.Optimizer, b: dict, args: Args, gen: torch.Generator
+    model: nn.Module, optimizer: torch.optim.Optimizer, b: dict, args: Args, gen: torch.Generator, shards: int = 1
 ) -> dict[str, float]:
     """PPO's epochs over this rank's batch `b` (flat tensors). `model` is the DDP wrapper, so each
     backward averages gradients over ranks. Returns the losses averaged over minibatches and ranks."""
-    n = b["obs"].shape[0]
-    mb_size = n // args.num_minibatches
     sums = torch.zeros(6, device=b["obs"].device)  # pg, v, entropy, approx_kl, clipfrac, minibatches
     for _epoch in range(args.update_epochs):
         epoch_kl = torch.zeros(2, device=sums.device)
-        perm = torch.randperm(n, generator=gen).to(sums.device)
-        for start in range(0, n, mb_size):
-            mb = perm[start : start + mb_size]
+        for mb in minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards):
+            mb = mb.to(sums.device)
             with torch.autocast(sums.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
                 _, newlogprob, entropy, newvalue = model(b["obs"][mb], b["actions"][mb])
             logratio = newlogprob.float() - b["logprobs"][mb]
@@ -504,21 +511,15 @@ def ppo_update(
             if not torch.isfinite(grad_norm):  # same verdict on every rank: the gradients are all-reduced
                 raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}) at loss {loss.item()}")
             optimizer.step()
-            sums += torch.stack(
-                [
-                    pg_loss.detach(),
-                    v_loss.detach(),
-                    entropy_loss.detach(),
-                    approx_kl,
-                    clipfrac,
-                    torch.ones((), device=sums.device),
-                ]
-            )
-            epoch_kl += torch.stack([approx_kl, torch.ones((), device=sums.device)])
+            one = torch.ones((), device=sums.device)
+            sums += torch.stack([pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, one]).detach()
+            epoch_kl += torch.stack([approx_kl, one])
         if args.target_kl is not None:  # decided together: the mean KL of this epoch over all ranks
             dist.all_reduce(epoch_kl)
             if (epoch_kl[0] / epoch_kl[1]).item() > args.target_kl:
                 break
+    if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():  # identical on every rank
+        raise FloatingPointError("non-finite weights after the update")
     dist.all_reduce(sums)
     keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
     return {f"losses/{k}": (sums[i] / sums[5]).item() for i, k in enumerate(keys)}
@@ -553,17 +554,36 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted((run_dir / "checkpoints").glob("update_*.pt"))
-    return checkpoints[-1] if checkpoints else None
-
-
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint, or fail with one line that names the file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise RuntimeError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+        raise ArgError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+RESUME_MUST_MATCH = (
+    "seed",
+    "total_timesteps",
+    "num_envs",
+    "num_steps",
+    "num_minibatches",
+    "board_size",
+    "hidden_size",
+    "learning_rate",
+    "lr_schedule",
+)  # what an exact resume depends on
+
+
+def load_latest_checkpoint(run_dir: Path, rank: int) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
+    for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
+        try:
+            return path, load_checkpoint(path)
+        except ArgError as e:
+            if rank == 0:
+                print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -687,11 +707,11 @@ def main() -> int:
         args.num_envs = default_num_envs(device)
     try:
         sizes = derived_sizes(args, world_size)
+        if args.eval_checkpoint:
+            return play_checkpoint(args)
     except ArgError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.eval_checkpoint:
-        return play_checkpoint(args)
     if args.bench_env:
         print(f"{args.num_envs} boards on {device}: {bench_env(args.num_envs, device, 200, args.seed):,.0f} steps/s")
         return 0
@@ -701,10 +721,15 @@ def main() -> int:
         torch.cuda.set_device(device)
     backend = "nccl" if use_cuda else "gloo"
     timeout = timedelta(seconds=args.dist_timeout)
-    if "RANK" in os.environ:
-        dist.init_process_group(backend, timeout=timeout, device_id=device if use_cuda else None)
-    else:
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # torchrun's stop: unwind through `finally`
+    dist.init_process_group(
+        backend,
+        store=rendezvous_store(rank, world_size, timeout),
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
+        device_id=device if use_cuda else None,
+    )
     try:
         code = train(args, sizes, rank, world_size, device)
         dist.barrier()  # a successful run ends together
@@ -712,9 +737,32 @@ def main() -> int:
     except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # raised on every rank alike: the gradients are all-reduced
+        print(f"error: {e}: training stopped on every rank", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: leave through `finally`, which shuts the process group down
+        print(f"rank {rank}: interrupted; destroying the process group", file=sys.stderr)
+        return 130
     finally:
         gc.collect()  # free DDP's reducer while the process group exists (see README)
         dist.destroy_process_group()
+
+
+def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The key-value store the ranks meet in: torchrun's (MASTER_ADDR:MASTER_PORT), or an in-process one
+    for a plain `python` run. Its keys get a prefix per torchrun restart: after a restart the unprefixed
+    keys would still hold the dead workers' addresses, and the new group would try to connect to them."""
+    if "MASTER_ADDR" not in os.environ:
+        return dist.HashStore()
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it: all are clients
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_store,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device) -> int:
@@ -748,11 +796,14 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     next_done = torch.zeros(args.num_envs, device=device)
 
     # -- resume: every rank reads the same checkpoint and takes its own boards and RNG state --
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint and (args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0):
-        ckpt = load_checkpoint(checkpoint)
-        if ckpt["world_size"] != world_size:
-            raise ArgError(f"{checkpoint} was written with world size {ckpt['world_size']}, not {world_size}")
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
+    found = load_latest_checkpoint(run_dir, rank) if args.resume or restarted else None
+    if found:
+        checkpoint, ckpt = found
+        saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
+        for k in ("world_size", *RESUME_MUST_MATCH):
+            if saved[k] != (world_size if k == "world_size" else getattr(args, k)):
+                raise ArgError(f"{checkpoint} was written with {k}={saved[k]}; resume with the same value")
         agent.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         env.load_state_dict(ckpt["env"][rank])
@@ -763,7 +814,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
         if rank == 0:
             print(f"resumed from {checkpoint} at update {ckpt['update']}, global_step {global_step:,}")
     elif args.resume:
-        raise ArgError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+        raise ArgError(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}")
 
     # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
     model = DDP(
@@ -801,6 +852,8 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     for update in range(start_update, sizes["num_updates"] + 1):
         lr = learning_rate_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
         optimizer.param_groups[0]["lr"] = lr
+        if os.environ.get("PPO_DDP_FAULT") == f"{rank}:{update}":  # test seam: fail one rank, here
+            raise RuntimeError(f"injected fault on rank {rank} at update {update}")
 
         # -- rollout: the plain module, no gradients; episode statistics stay on the device --
         t0 = time.perf_counter()

@@ -82,3 +82,59 @@ def torchrun(
 def explain(p: subprocess.CompletedProcess) -> str:
     """Failure message for asserts: the exit code and the tail of both streams."""
     return f"exit {p.returncode}\n--- stdout\n{p.stdout[-6000:]}\n--- stderr\n{p.stderr[-6000:]}"
+
+
+def start(cmd: list[str], cwd: Path = ROOT, **env: str) -> subprocess.Popen:
+    """Start `cmd` in its own process group, for tests that signal it while it runs; end it with finish()."""
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=child_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """Wait for a start()ed process; after `timeout` s kill its whole process group and fail the test."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout}s\n--- stdout\n{out}\n--- stderr\n{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def torchrun_cmd(script: str, *args: str, nproc: int = 2, launcher_args: tuple[str, ...] = ("--standalone",)):
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *launcher_args,
+        f"--nproc-per-node={nproc}",
+        str(ROOT / script),
+        *args,
+    ]
+
+
+def workers(pid: int, script: str) -> list[int]:
+    """PIDs of the running processes below `pid` whose command line names `script` (torchrun's workers)."""
+    found, parents = [], {pid}
+    for _ in range(3):  # a few generations down
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (p / "cmdline").read_bytes().decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid in parents:
+                parents.add(int(p.name))
+                if script in cmdline and int(p.name) not in found:
+                    found.append(int(p.name))
+    return sorted(found)

@@ -124,7 +124,7 @@ def test_bad_arguments_exit_2_with_one_line(flags, message):
 def test_bad_arguments_under_torchrun_stop_every_rank(tmp_path):
     p = torchrun("ppo_ddp_snake.py", "--num-envs=64", "--run-name=none", "--resume", cwd=tmp_path, timeout=120)
     assert p.returncode != 0 and "exitcode: 2" in p.stderr, explain(p)
-    assert p.stderr.count("error: --resume: no checkpoint in runs/none/checkpoints") == 2
+    assert p.stderr.count("error: --resume: no usable checkpoint in runs/none/checkpoints") == 2
     assert not (tmp_path / "runs" / "none" / "progress.csv").exists()
 
 
