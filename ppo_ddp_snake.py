@@ -334,11 +334,10 @@ def render_board(env: SnakeEnv, i: int) -> str:
     return "\n".join([wall, *rows, wall, status])
 
 
-def bench_env(num_envs: int, device, steps: int, seed: int = 1) -> float:
+def bench_env(env: SnakeEnv, steps: int) -> float:
     """Board-steps per second with random actions (drawn up front, so only the environment is timed)."""
-    env = SnakeEnv(num_envs, device=device, seed=seed)
-    gen = torch.Generator(env.device).manual_seed(seed)
-    actions = torch.randint(0, 4, (16, num_envs), device=env.device, generator=gen)
+    gen = torch.Generator(env.device).manual_seed(0)
+    actions = torch.randint(0, 4, (16, env.num_envs), device=env.device, generator=gen)
     sync = (lambda: torch.cuda.synchronize(env.device)) if env.device.type == "cuda" else (lambda: None)
     for t in range(10):  # warm-up
         env.step(actions[t % 16])
@@ -347,7 +346,23 @@ def bench_env(num_envs: int, device, steps: int, seed: int = 1) -> float:
     for t in range(steps):
         env.step(actions[t % 16])
     sync()
-    return num_envs * steps / (time.perf_counter() - start)
+    return env.num_envs * steps / (time.perf_counter() - start)
+
+
+def make_env(args: Args, num_envs: int, device, seed: int, env_id_offset: int = 0) -> SnakeEnv:
+    return SnakeEnv(
+        num_envs,
+        args.board_size,
+        device,
+        seed,
+        env_id_offset,
+        args.max_steps_without_food,
+        args.reward_apple,
+        args.reward_death,
+    )
+
+
+EPISODE_KEYS = ("episode_return", "episode_length", "apples", "snake_length")  # summed per update, then averaged
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -594,9 +609,7 @@ def evaluate(
     agent: nn.Module, args: Args, device: torch.device, episodes: int, seed: int, render: bool = False
 ) -> dict[str, float]:
     """Play `episodes` greedy episodes, one per board in parallel; mean return, length and apples."""
-    env = SnakeEnv(
-        episodes, args.board_size, device, seed, 0, args.max_steps_without_food, args.reward_apple, args.reward_death
-    )
+    env = make_env(args, episodes, device, seed)
     obs = env.reset()
     finished = torch.zeros(episodes, dtype=torch.bool, device=device)
     totals = {k: torch.zeros(episodes, device=device) for k in ("episode_return", "episode_length", "apples")}
@@ -713,7 +726,8 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.bench_env:
-        print(f"{args.num_envs} boards on {device}: {bench_env(args.num_envs, device, 200, args.seed):,.0f} steps/s")
+        sps = bench_env(make_env(args, args.num_envs, device, args.seed), steps=500)
+        print(f"{args.num_envs} boards on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
 
     # -- DDP set-up: every rank reaches every collective below in the same order --
@@ -777,21 +791,13 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     torch.manual_seed(args.seed + rank)  # action sampling differs per rank; the weights come from rank 0
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
-    env = SnakeEnv(
-        args.num_envs,
-        args.board_size,
-        device,
-        args.seed,
-        rank * args.num_envs,
-        args.max_steps_without_food,
-        args.reward_apple,
-        args.reward_death,
-    )
+    env = make_env(args, args.num_envs, device, args.seed, env_id_offset=rank * args.num_envs)
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     agent = Agent(env.obs_shape, env.n_actions, args).to(device)
     torch.manual_seed(args.seed + rank)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     minibatch_gen = torch.Generator().manual_seed(args.seed)  # the same permutations on every rank
+    meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
     start_update, global_step, next_obs = 1, 0, env.reset()
     next_done = torch.zeros(args.num_envs, device=device)
 
@@ -865,28 +871,16 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
                 values[step], actions[step], logprobs[step] = value.float(), action, logprob.float()
                 next_obs, reward, done, info = env.step(action)
                 rewards[step], next_done = reward, done.float()
-                ep += torch.stack(
-                    [
-                        done.sum(),
-                        *(
-                            torch.where(done, info[k], 0).sum()
-                            for k in ("episode_return", "episode_length", "apples", "snake_length")
-                        ),
-                    ]
-                )
+                ep += torch.stack([done.sum(), *(torch.where(done, info[k], 0).sum() for k in EPISODE_KEYS)])
             next_value = policy(next_obs)[3].float()
         global_step += N * T * world_size
 
         # -- advantages, then the update through DDP --
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
-        b = {
-            "obs": obs.flatten(0, 1),
-            "actions": actions.flatten().long(),
-            "logprobs": logprobs.flatten(),
-            "advantages": advantages.flatten(),
-            "returns": returns.flatten(),
-            "values": values.flatten(),
-        }
+        b = dict(
+            obs=obs, actions=actions.long(), logprobs=logprobs, advantages=advantages, returns=returns, values=values
+        )
+        b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
         t1 = time.perf_counter()
         losses = ppo_update(model, optimizer, b, args, minibatch_gen)
         t2 = time.perf_counter()
@@ -894,13 +888,8 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
         # -- statistics of all ranks, one collective: rank 0 logs them --
         var_y = b["returns"].var()
         ev = 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=device)
-        mine = torch.cat(
-            [
-                ep,
-                torch.stack([ev, torch.tensor(N * T / (t2 - t0), device=device)]),
-                torch.tensor([t1 - t0, t2 - t1], device=device),
-            ]
-        ).float()
+        timings = torch.tensor([N * T / (t2 - t0), t1 - t0, t2 - t1], device=device)  # rank SPS, rollout, update
+        mine = torch.cat([ep, ev.reshape(1), timings]).float()
         gathered = [torch.zeros_like(mine) for _ in range(world_size)]
         dist.all_gather(gathered, mine)
         stats = torch.stack(gathered).cpu()
@@ -938,57 +927,42 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
 
         # -- checkpoint: rank 0 writes everything every rank needs to continue exactly --
         if args.checkpoint_interval and update % args.checkpoint_interval == 0:
-            save_checkpoint(
-                run_dir,
-                agent,
-                optimizer,
-                env,
-                args,
-                update,
-                global_step,
-                world_size,
-                rank,
-                minibatch_gen,
-                next_obs,
-                next_done,
-            )
+            shared = {
+                "model": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "update": update,
+                "global_step": global_step,
+                "minibatch_rng": minibatch_gen.get_state(),
+                **meta,
+            }
+            per_rank = {"env": env.state_dict(), "rng": rng_state(), "next_obs": next_obs, "next_done": next_done}
+            save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, per_rank, rank, world_size)
 
     check_identical(agent, "at the end")
     if rank == 0:
         print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
-        atomic_save(
-            {"model": agent.state_dict(), "args": asdict(args), "obs_shape": env.obs_shape, "n_actions": env.n_actions},
-            run_dir / "final_model.pt",
-        )
+        atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")
         writer.close()
         csv_file.close()
         print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
     return 0
 
 
-def save_checkpoint(
-    run_dir, agent, optimizer, env, args, update, global_step, world_size, rank, minibatch_gen, next_obs, next_done
-) -> None:
-    """Gather every rank's boards and RNG state to rank 0, which writes update_<8 digits>.pt atomically."""
-    mine = {"env": env.state_dict(), "rng": rng_state(), "next_obs": next_obs.cpu(), "next_done": next_done.cpu()}
-    mine["env"] = {k: v.cpu() if torch.is_tensor(v) else v for k, v in mine["env"].items()}
+def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
+    """Gather every rank's own state (boards, RNG) to rank 0, which writes it beside the shared state (model,
+    optimizer, counters) as one file, atomically. Key k of per_rank becomes a list indexed by rank."""
     everyone = [None] * world_size
-    dist.all_gather_object(everyone, mine)
+    dist.all_gather_object(everyone, to_cpu(per_rank))
     if rank == 0:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        ckpt = {
-            "model": agent.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "update": update,
-            "global_step": global_step,
-            "args": asdict(args),
-            "world_size": world_size,
-            "minibatch_rng": minibatch_gen.get_state(),
-            "obs_shape": env.obs_shape,
-            "n_actions": env.n_actions,
-            **{k: [r[k] for r in everyone] for k in mine},
-        }
-        atomic_save(ckpt, run_dir / "checkpoints" / f"update_{update:08d}.pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({**shared, **{k: [r[k] for r in everyone] for k in per_rank}}, path)
+
+
+def to_cpu(x):
+    """A copy of nested dicts of tensors with every tensor on the CPU."""
+    if isinstance(x, dict):
+        return {k: to_cpu(v) for k, v in x.items()}
+    return x.cpu() if torch.is_tensor(x) else x
 
 
 def check_identical(agent: nn.Module, when: str) -> None:

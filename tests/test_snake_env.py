@@ -269,6 +269,6 @@ def test_render_board():
 
 
 def test_bench_env_and_bad_size():
-    assert snake.bench_env(8, "cpu", steps=5) > 0
+    assert snake.bench_env(Env(8), steps=5) > 0
     with pytest.raises(ValueError):
         Env(1, size=2)
