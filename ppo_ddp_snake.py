@@ -540,13 +540,6 @@ def ppo_update(
     return {f"losses/{k}": (sums[i] / sums[5]).item() for i, k in enumerate(keys)}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module behind DDP and torch.compile wrappers (state dict keys without prefixes)."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
-
-
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary name, then rename: a crash never leaves a torn file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -838,6 +831,10 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device)}
+        if args.track:  # imported only when asked for
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, name=args.run_name, config=config, sync_tensorboard=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2))
         writer = SummaryWriter(str(run_dir))
         writer.add_text(

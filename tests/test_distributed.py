@@ -1,4 +1,4 @@
-"""The distributed path of ppo_ddp_snake.py, proven: DDP equals one process, determinism, elastic restart,
+"""The distributed path of both PPO scripts, proven: DDP equals one process, determinism, elastic restart,
 failures that end the job instead of hanging it, several nodes, and bad checkpoints."""
 
 import csv
@@ -24,6 +24,11 @@ SMALL = [
 ]
 
 
+@pytest.fixture(params=["ppo_ddp_snake.py", "ppo_ddp.py"])
+def script(request):
+    return request.param
+
+
 def rows(run_dir):
     with open(run_dir / "progress.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -42,48 +47,36 @@ def wait_for(condition, timeout: float, proc=None):
     return True
 
 
-def test_ddp_update_equals_single_process_update(tmp_path):
+def test_ddp_update_equals_single_process_update(tmp_path, script):
     """One ppo_update on 2 ranks (each its half of the batch) equals one on 1 rank with the whole batch:
     global minibatches, advantage normalization over them, gradient averaging and the KL early stop."""
-    worker = str(ROOT / "tests" / "ddp_equivalence_worker.py")
-    two = run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            worker,
-            str(tmp_path / "two.pt"),
-            "0.003",
-        ],
-        timeout=120,
-    )
-    one = run([sys.executable, worker, str(tmp_path / "one.pt"), "0.003"], timeout=120)
+    worker = [str(ROOT / "tests" / "ddp_equivalence_worker.py"), script.removesuffix(".py")]
+    two = run(torchrun_cmd("tests/ddp_equivalence_worker.py", *worker[1:], str(tmp_path / "two.pt"), "0.003"), 120)
+    one = run([sys.executable, *worker, str(tmp_path / "one.pt"), "0.003"], timeout=120)
     assert two.returncode == 0 and one.returncode == 0, explain(two) + explain(one)
     a = torch.load(tmp_path / "two.pt", weights_only=False)
     b = torch.load(tmp_path / "one.pt", weights_only=False)
-    assert a["steps"] == b["steps"] == 12  # target_kl stopped both after 3 of 4 epochs (4 minibatches each)
+    assert a["steps"] == b["steps"] < 16  # target_kl stopped both after the same epoch, before all 4 ran
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
     assert a["stats"] == pytest.approx(b["stats"], rel=1e-4)
 
 
-def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path):
+def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path, script):
     args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=0"]
     for name in ("a", "b"):
-        p = torchrun("ppo_ddp_snake.py", *args, f"--run-name={name}", cwd=tmp_path, timeout=180)
+        p = torchrun(script, *args, f"--run-name={name}", cwd=tmp_path, timeout=180)
         assert p.returncode == 0, explain(p)
     wa, wb = weights(tmp_path / "runs/a/final_model.pt"), weights(tmp_path / "runs/b/final_model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path):
+def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path, script):
     """SIGKILL one worker mid-run: torchrun restarts the group, which resumes from its latest checkpoint in
     the same run directory (the default run name is stable across restarts) and completes the run."""
     total_updates = 30
     cmd = torchrun_cmd(
-        "ppo_ddp_snake.py",
+        script,
         *SMALL,
         f"--total-timesteps={4096 * total_updates}",
         "--checkpoint-interval=3",
@@ -92,7 +85,7 @@ def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path):
     proc = start(cmd, cwd=tmp_path)
     progress = lambda: list((tmp_path / "runs").glob("*/progress.csv"))  # noqa: E731
     assert wait_for(lambda: progress() and len(rows(progress()[0].parent)) >= 7, 120, proc), finish(proc, 5)
-    victims = workers(proc.pid, "ppo_ddp_snake.py")
+    victims = workers(proc.pid, script)
     assert len(victims) == 2, victims
     os.kill(victims[1], signal.SIGKILL)
     p = finish(proc, 240)
@@ -107,20 +100,18 @@ def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path):
         torch.load(ckpt, weights_only=False)  # none torn
 
 
-def test_exception_on_one_rank_ends_the_job(tmp_path):
+def test_exception_on_one_rank_ends_the_job(tmp_path, script):
     """Rank 1 raises at update 2 while rank 0 waits in a collective: the job ends, it does not hang."""
     t0 = time.time()
-    p = torchrun("ppo_ddp_snake.py", *SMALL, "--total-timesteps=40960", cwd=tmp_path, timeout=120, PPO_DDP_FAULT="1:2")
+    p = torchrun(script, *SMALL, "--total-timesteps=40960", cwd=tmp_path, timeout=120, PPO_DDP_FAULT="1:2")
     assert p.returncode == 1, explain(p)
     assert "RuntimeError: injected fault on rank 1 at update 2" in p.stderr and "Traceback" in p.stderr
     assert time.time() - t0 < 60  # well inside --dist-timeout=60 plus start-up
 
 
-def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tmp_path):
+def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tmp_path, script):
     proc = start(
-        torchrun_cmd(
-            "ppo_ddp_snake.py", *SMALL, "--total-timesteps=4096000", "--checkpoint-interval=2", "--run-name=c"
-        ),
+        torchrun_cmd(script, *SMALL, "--total-timesteps=4096000", "--checkpoint-interval=2", "--run-name=c"),
         cwd=tmp_path,
     )
     ckpts = lambda: sorted((tmp_path / "runs/c/checkpoints").glob("update_*.pt"))  # noqa: E731
@@ -133,15 +124,13 @@ def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tmp_path):
     assert torch.load(ckpts()[-1], weights_only=False)["update"] % 2 == 0
 
 
-def test_two_nodes_train_one_model(tmp_path):
+def test_two_nodes_train_one_model(tmp_path, script):
     """Two torchrun launches, one process each, meet at a c10d rendezvous and train one model together."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     launcher = ("--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two")
-    cmd = torchrun_cmd(
-        "ppo_ddp_snake.py", *SMALL, "--total-timesteps=12288", "--run-name=n", nproc=1, launcher_args=launcher
-    )
+    cmd = torchrun_cmd(script, *SMALL, "--total-timesteps=12288", "--run-name=n", nproc=1, launcher_args=launcher)
     dirs = [tmp_path / "node0", tmp_path / "node1"]  # a working directory per "machine"
     for d in dirs:
         d.mkdir()
@@ -154,53 +143,35 @@ def test_two_nodes_train_one_model(tmp_path):
     assert len(written) == 1 and len(rows(written[0] / "runs/n")) == 3  # rank 0's node alone writes
 
 
-def test_nan_loss_stops_every_rank(tmp_path):
-    p = torchrun(
-        "ppo_ddp_snake.py", *SMALL, "--total-timesteps=40960", "--learning-rate=1e30", cwd=tmp_path, timeout=120
-    )
+def test_nan_loss_stops_every_rank(tmp_path, script):
+    p = torchrun(script, *SMALL, "--total-timesteps=40960", "--learning-rate=1e30", cwd=tmp_path, timeout=120)
     assert p.returncode != 0, explain(p)
     assert p.stderr.count("error: non-finite gradient norm (nan)") == 2  # one line from each rank
     assert p.stderr.count("training stopped on every rank") == 2
 
 
-def test_corrupt_checkpoint(tmp_path):
+def test_corrupt_checkpoint(tmp_path, script):
     """Resume falls back to the previous good checkpoint; --eval-checkpoint names the bad file, exit 2."""
     p = torchrun(
-        "ppo_ddp_snake.py",
-        *SMALL,
-        "--total-timesteps=12288",
-        "--checkpoint-interval=1",
-        "--run-name=k",
-        cwd=tmp_path,
-        timeout=180,
+        script, *SMALL, "--total-timesteps=12288", "--checkpoint-interval=1", "--run-name=k", cwd=tmp_path, timeout=180
     )
     assert p.returncode == 0, explain(p)
     bad = tmp_path / "runs/k/checkpoints/update_00000003.pt"
     bad.write_bytes(bad.read_bytes()[:1000])  # truncated
-    p = python("ppo_ddp_snake.py", "--eval-checkpoint", str(bad), timeout=60)
+    p = python(script, "--eval-checkpoint", str(bad), timeout=60)
     assert p.returncode == 2 and p.stderr.startswith(f"error: cannot load checkpoint {bad}"), explain(p)
-    p = torchrun(
-        "ppo_ddp_snake.py", *SMALL, "--total-timesteps=12288", "--run-name=k", "--resume", cwd=tmp_path, timeout=180
-    )
+    p = torchrun(script, *SMALL, "--total-timesteps=12288", "--run-name=k", "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
     assert "falling back to the previous checkpoint" in p.stderr
     assert "resumed from runs/k/checkpoints/update_00000002.pt" in p.stdout
     assert [int(r["update"]) for r in rows(tmp_path / "runs/k")] == [1, 2, 3]
 
 
-def test_resume_with_changed_schedule_is_refused(tmp_path):
+def test_resume_with_changed_schedule_is_refused(tmp_path, script):
     p = torchrun(
-        "ppo_ddp_snake.py",
-        *SMALL,
-        "--total-timesteps=8192",
-        "--checkpoint-interval=1",
-        "--run-name=s",
-        cwd=tmp_path,
-        timeout=180,
+        script, *SMALL, "--total-timesteps=8192", "--checkpoint-interval=1", "--run-name=s", cwd=tmp_path, timeout=180
     )
     assert p.returncode == 0, explain(p)
-    p = torchrun(
-        "ppo_ddp_snake.py", *SMALL, "--total-timesteps=16384", "--run-name=s", "--resume", cwd=tmp_path, timeout=120
-    )
+    p = torchrun(script, *SMALL, "--total-timesteps=16384", "--run-name=s", "--resume", cwd=tmp_path, timeout=120)
     assert p.returncode != 0 and "exitcode: 2" in p.stderr
     assert p.stderr.count("was written with total_timesteps=8192; resume with the same value") == 2

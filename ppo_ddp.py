@@ -1,0 +1,1346 @@
+"""PPO on Arena, a Metta-style resource chain (mine -> generator -> altar), across N processes with DDP.
+
+  torchrun --standalone --nproc-per-node=2 ppo_ddp.py                         # CPU (gloo) or GPUs (nccl)
+  torchrun --standalone --nproc-per-node=2 ppo_ddp.py --loss grpo             # critic-free: the critic is unused
+  torchrun --standalone --nproc-per-node=2 ppo_ddp.py --loss action_supervised --no-find-unused --hack
+  python ppo_ddp.py --eval-checkpoint runs/RUN/final_model.pt --render        # watch it play
+  python ppo_ddp.py --baseline teacher                                        # hearts per episode of the teacher
+
+Losses: `ppo` uses every output; `grpo` and `action_supervised` leave the critic without a gradient, which
+DDP refuses unless find_unused_parameters=True (the default here) or the `0.0 * value.sum()` hack (`--hack`).
+Each rank steps its own rooms (seeded by global room id), collects a rollout with the plain module, and
+trains through the DDP wrapper. Rank 0 alone logs, evaluates and writes runs/<run_name>/.
+"""
+
+import csv
+import gc
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.tensorboard import SummaryWriter
+
+Schedule = Literal["constant", "linear", "cosine", "exponential", "logarithmic"]
+
+
+@dataclass
+class Args:
+    exp_name: str = "ppo_ddp"
+    """the name of this experiment (the run name starts with it)"""
+    seed: int = 1
+    """seed of the experiment; rank r seeds its sampling with seed + r, rooms by global room id"""
+    torch_deterministic: bool = True
+    """`torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use cuda:LOCAL_RANK when CUDA is present (backend nccl); otherwise CPU (backend gloo)"""
+    track: bool = False
+    """log to Weights and Biases as well (wandb is imported only then)"""
+    wandb_project_name: str = "ppo-ddp"
+    """the wandb project"""
+    run_name: str = ""
+    """runs/<run_name>/; empty = <exp_name>__<loss>__<seed>__<launch id>, the same after a torchrun restart"""
+
+    # Algorithm
+    loss: Literal["ppo", "grpo", "action_supervised"] = "ppo"
+    """ppo: clipped actor and critic losses; grpo: critic-free, returns normalized per rollout step over every
+    room of every rank; action_supervised: cross-entropy toward the scripted teacher's action"""
+    total_timesteps: int = 30_000_000
+    """environment steps of all ranks together (global)"""
+    num_envs: int = 0
+    """rooms per rank; 0 = pick by the device (CPU: 256 per thread; GPU: 4096 per GiB, at most 65536)"""
+    num_steps: int = 64
+    """steps per room per rollout (per-rank batch = num_envs * num_steps)"""
+    num_minibatches: int = 4
+    """minibatches per epoch; each rank's batch is split the same way, a global minibatch spans all ranks"""
+    update_epochs: int = 2
+    """passes over the batch per update"""
+    optimizer: Literal["adam", "muon"] = "adam"
+    """adam; or muon: torch.optim.Muon for the 2-D hidden weight matrices, Adam for the rest"""
+    learning_rate: float = 4.57e-4
+    """initial learning rate"""
+    lr_schedule: Schedule = "cosine"
+    """how the learning rate goes from learning_rate to lr_final over total_timesteps (formulas: README)"""
+    lr_final: float = 3e-5
+    """learning rate at the end"""
+    clip_coef: float = 0.1
+    """initial surrogate clipping coefficient"""
+    clip_schedule: Schedule = "logarithmic"
+    """schedule of clip_coef"""
+    clip_final: float = 0.05
+    """clip_coef at the end"""
+    ent_coef: float = 0.0021
+    """initial entropy bonus coefficient"""
+    ent_schedule: Schedule = "linear"
+    """schedule of ent_coef"""
+    ent_final: float = 0.0
+    """ent_coef at the end"""
+    vf_clip_coef: float = 0.1
+    """initial value-clipping range (ppo with --clip-vloss)"""
+    vf_clip_schedule: Schedule = "linear"
+    """schedule of vf_clip_coef"""
+    vf_clip_final: float = 0.05
+    """vf_clip_coef at the end"""
+    log_schedule_d: float = 10.0
+    """d of the logarithmic schedule: initial + (final - initial) * log1p(d p) / log1p(d)"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalized advantage estimation"""
+    norm_adv: bool = True
+    """normalize advantages with the mean and std of the global minibatch (ppo)"""
+    clip_vloss: bool = True
+    """clip the value loss with vf_clip_coef"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient norm clip"""
+    target_kl: float | None = None
+    """stop the update's epochs early when the mean KL over all ranks exceeds this (None = never)"""
+
+    # Arena and the agent
+    room_size: int = 11
+    """side of the walled room"""
+    num_mines: int = 6
+    """mines per room (each gives 1 ore, then cools down)"""
+    num_generators: int = 4
+    """generators per room (1 ore -> 1 battery, then cool down)"""
+    num_altars: int = 2
+    """altars per room (1 battery -> 1 heart, then cool down)"""
+    mine_cooldown: int = 50
+    """steps a mine needs after use"""
+    generator_cooldown: int = 25
+    """steps a generator needs after use"""
+    altar_cooldown: int = 10
+    """steps an altar needs after use"""
+    ore_max: int = 1
+    """ore the agent can carry"""
+    battery_max: int = 1
+    """batteries the agent can carry"""
+    heart_max: int = 0
+    """hearts the agent can hold (0 = uncapped)"""
+    reward_shaping: bool = True
+    """reward ore and batteries too (Metta's basic_easy_shaped); --no-reward-shaping: hearts only"""
+    ore_reward: float = 0.1
+    """reward per ore (with shaping)"""
+    battery_reward: float = 0.8
+    """reward per battery (with shaping)"""
+    ore_reward_max: int = 10
+    """ores per episode that earn ore_reward"""
+    battery_reward_max: int = 5
+    """batteries per episode that earn battery_reward"""
+    episode_length: int = 256
+    """steps per episode"""
+    obs_radius: int = 5
+    """the agent sees a (2r+1) x (2r+1) window around itself"""
+    hidden_size: int = 256
+    """width of the two hidden layers of the MLP shared by actor and critic"""
+    clip_range: float = 0.0
+    """the policy clamps its weights to +-clip_range after every optimizer step (0 = off)"""
+
+    # DDP
+    find_unused: bool = True
+    """DDP(find_unused_parameters=True): needed by losses that leave the critic unused (grpo,
+    action_supervised) unless --hack; costs a graph traversal per backward"""
+    hack: bool = False
+    """add 0.0 * value.sum() to losses that ignore the critic, so every parameter gets a (zero) gradient"""
+    static_graph: bool = False
+    """DDP(static_graph=True); not a fix on its own for an unused critic (see README)"""
+    dist_timeout: float = 600.0
+    """seconds any collective may wait (e.g. for rank 0's evaluation) before the job fails"""
+
+    # Run control
+    checkpoint_interval: int = 50
+    """updates between checkpoints (0 = only the final model)"""
+    eval_interval: int = 50
+    """updates between greedy evaluations (0 = off); with --eval-mode local the other ranks wait for rank 0 at
+    their next collective, for as long as eval_episodes episodes of episode_length steps take"""
+    eval_episodes: int = 32
+    """episodes per evaluation (played in parallel, one per room)"""
+    eval_mode: Literal["local", "async", "none"] = "local"
+    """local: rank 0 evaluates in-process; async: a separate process evaluates a saved snapshot while training
+    goes on, and rank 0 logs its results when they arrive; none: no evaluation"""
+    resume: bool = False
+    """continue runs/<run_name>/ from its latest checkpoint (also done automatically after a torchrun
+    restart); world size and schedules must match"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs the forward passes under autocast"""
+    compile: bool = False
+    """torch.compile the rollout policy and the DDP training model"""
+    print_interval: float = 10.0
+    """seconds between console status tables on rank 0"""
+
+    # Other modes
+    bench_env: bool = False
+    """step the rooms alone with random actions, print `<number> steps/s` and exit"""
+    eval_checkpoint: str = ""
+    """play a checkpoint or final_model.pt in one process, print hearts per episode and exit"""
+    eval_json: str = ""
+    """with --eval-checkpoint: also write the results to this JSON file (used by --eval-mode async)"""
+    baseline: Literal["", "random", "teacher"] = ""
+    """play random actions or the scripted teacher for eval_episodes episodes, print hearts per episode, exit"""
+    render: bool = False
+    """with --eval-checkpoint: draw the room in the terminal, frame by frame"""
+    render_fps: float = 10.0
+    """frames per second of --render"""
+
+
+class ArgError(ValueError):
+    """A bad flag or combination: one line on stderr, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environment: Arena, vectorized in torch on the training device
+# ---------------------------------------------------------------------------------------------------
+# splitmix64 constants as signed int64 (torch has no uint64 arithmetic; int64 multiplication wraps)
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output mix on int64; torch's >> is arithmetic, so each shift is masked to be logical."""
+    z = (z ^ ((z >> 30) & (2**34 - 1))) * _MIX1
+    z = (z ^ ((z >> 27) & (2**37 - 1))) * _MIX2
+    return z ^ ((z >> 31) & (2**33 - 1))
+
+
+class ArenaEnv:
+    """`num_envs` walled rooms, one agent each, stepped together; an episode lasts `episode_length` steps, then
+    the room restarts at once (new layout, empty inventory) and returns its new first obs.
+
+    Rules. Actions: noop, up, right, down, left. Moving onto an empty cell moves the agent; moving into a wall
+    or an object leaves it in place, and moving into a *ready* object uses it when the inventory allows: a mine
+    gives 1 ore (if ore < ore_max), a generator turns 1 ore into 1 battery (if battery < battery_max), an altar
+    turns 1 battery into 1 heart (if hearts < heart_max; 0 = uncapped). After a use, an object refuses the
+    next `<kind>_cooldown` steps. Rewards: 1 per heart; with shaping, also ore_reward per ore for the first
+    ore_reward_max ores of an episode and battery_reward per battery for the first battery_reward_max batteries.
+
+    Observation: uint8 [5 * W * W + 3], W = 2 * obs_radius + 1, every value meant as is (no /255): five 0/1
+    planes of the W x W window centred on the agent, channel-major (`obs[:, :-3].view(-1, *env.grid_shape)`):
+    mine, generator, altar, ready (an object that can be used now), wall (anything outside the room); then the
+    inventory: ore, battery, hearts (clipped to 255).
+    State, one row per room: `cell` holds a code (EMPTY, WALL, MINE, GENERATOR, ALTAR) per cell of the room,
+    padded with walls to `side` x `side` so that every window lies inside it; object slot k (kind `_kinds[k]`)
+    stands at flat cell index `obj_pos[:, k]` and is ready from episode step `obj_ready_at[:, k]` on; `pos` is
+    the agent's flat cell index; `inv` the ore, batteries and hearts held; `made` the ore collected, batteries
+    made and hearts made this episode; `steps` the episode's steps so far. Randomness is a counter-based hash of
+    (seed, global room id, draws so far), so a room's episodes depend only on its id and its actions. Rank r's
+    room i has id r * num_envs + i.
+    """
+
+    n_actions = 5
+    NOOP, UP, RIGHT, DOWN, LEFT = range(5)
+    EMPTY, WALL, MINE, GENERATOR, ALTAR = range(5)  # cell codes; MINE, GENERATOR, ALTAR make item 0, 1, 2
+    _STATE = ("cell", "obj_pos", "obj_ready_at", "pos", "inv", "made", "steps", "draws", "key")
+
+    def __init__(
+        self,
+        num_envs: int,
+        device="cpu",
+        seed: int = 1,
+        env_id_offset: int = 0,
+        room_size: int = 11,
+        num_mines: int = 6,  # 12 objects on 121 cells: a usable one is rarely far, even with Metta's cooldowns
+        num_generators: int = 4,
+        num_altars: int = 2,
+        mine_cooldown: int = 50,  # Metta's arena: 50, 25, 10
+        generator_cooldown: int = 25,
+        altar_cooldown: int = 10,
+        ore_max: int = 1,  # one of each in hand: every heart takes the whole chain, in order
+        battery_max: int = 1,
+        heart_max: int = 0,  # 0 = uncapped
+        reward_shaping: bool = True,
+        ore_reward: float = 0.1,  # Metta's basic_easy_shaped: 0.1 per ore, 0.8 per battery
+        battery_reward: float = 0.8,
+        ore_reward_max: int = 10,  # shaping pays for this many ores per episode (Metta: 1.0 in all) ...
+        battery_reward_max: int = 5,  # ... and batteries (1 learns too, a little slower); hearts always pay
+        episode_length: int = 256,
+        obs_radius: int = 5,
+    ):
+        counts = {self.MINE: num_mines, self.GENERATOR: num_generators, self.ALTAR: num_altars}
+        cooldowns = {self.MINE: mine_cooldown, self.GENERATOR: generator_cooldown, self.ALTAR: altar_cooldown}
+        kinds = [kind for kind, count in counts.items() for _ in range(count)]
+        checks = [
+            (room_size >= 1 and min(counts.values()) >= 0, "room_size must be >= 1 and object counts >= 0"),
+            (len(kinds) < room_size**2, f"{len(kinds)} objects and the agent do not fit in {room_size}x{room_size}"),
+            (min(*cooldowns.values(), heart_max, obs_radius) >= 0, "cooldowns, heart_max, obs_radius must be >= 0"),
+            (min(ore_max, battery_max, episode_length) >= 1, "ore_max, battery_max and episode_length must be >= 1"),
+            (min(ore_reward_max, battery_reward_max) >= 0, "reward caps must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"ArenaEnv: {message}")
+        self.num_envs, self.room_size, self.episode_length = num_envs, room_size, episode_length
+        self.device = dev = torch.device(device)
+        self.window = 2 * obs_radius + 1
+        self._pad = max(obs_radius, 1)  # the room's own wall ring, and room for the window everywhere
+        self.side = side = room_size + 2 * self._pad
+        inside = torch.arange(self._pad, self._pad + room_size, device=dev)
+        self._interior = (inside[:, None] * side + inside).flatten()  # flat cell index of each room cell
+        self._empty_room = torch.full((side * side,), self.WALL, dtype=torch.uint8, device=dev)
+        self._empty_room[self._interior] = self.EMPTY
+        self._kinds = torch.tensor(kinds, dtype=torch.uint8, device=dev)  # object slot -> kind
+        self._slot_cooldown = torch.tensor([cooldowns[kind] for kind in kinds], dtype=torch.long, device=dev)
+        self._objects = torch.tensor([self.MINE, self.GENERATOR, self.ALTAR], dtype=torch.uint8, device=dev)
+        self._inv_max = torch.tensor([ore_max, battery_max, heart_max or 2**62], device=dev)
+        shaping = float(reward_shaping)
+        self._item_reward = torch.tensor([ore_reward * shaping, battery_reward * shaping, 1.0], device=dev)
+        self._reward_max = torch.tensor([ore_reward_max, battery_reward_max, 2**62], device=dev)
+        self._move = torch.tensor([0, -side, 1, side, -1], device=dev)  # flat cell offset per action
+        offsets = torch.arange(-obs_radius, obs_radius + 1, device=dev)
+        self._window = (offsets[:, None] * side + offsets).flatten()
+
+        n = num_envs
+        self.cell = self._empty_room.repeat(n, 1)
+        self.obj_pos, self.obj_ready_at = (torch.zeros(n, len(kinds), dtype=torch.long, device=dev) for _ in range(2))
+        self.inv, self.made = (torch.zeros(n, 3, dtype=torch.long, device=dev) for _ in range(2))
+        self.pos, self.steps, self.draws = (torch.zeros(n, dtype=torch.long, device=dev) for _ in range(3))
+        gid = torch.arange(env_id_offset, env_id_offset + n, device=dev)
+        self.key = _mix64(_mix64(torch.full_like(gid, seed)) + gid)  # each room's stream: hash(seed, id)
+        self._all = torch.arange(n, device=dev)
+        self._fixed_shapes = self.device.type != "cpu"  # see _subset; tests flip it to check both paths agree
+        self.reset()
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return (5, self.window, self.window)
+
+    @property
+    def obs_shape(self) -> tuple[int]:
+        return (5 * self.window**2 + 3,)
+
+    def reset(self) -> torch.Tensor:
+        """Restart every room, draw counters included: the same seed and ids always give the same rooms."""
+        self.draws.zero_()
+        self._new_episodes(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        return self._obs()
+
+    def can_make(self) -> torch.Tensor:
+        """bool [N, 3]: whether using a ready mine, generator, altar would make its item now: there is room for
+        the item (ore, battery, heart) and its input (none, an ore, a battery) is in hand."""
+        room = self.inv < self._inv_max
+        return room & torch.cat([torch.ones_like(room[:, :1]), self.inv[:, :2] > 0], 1)
+
+    def step(self, actions: torch.Tensor):
+        """Act in every room. Returns obs, reward (float32), done (bool) and episode statistics in `info`
+        (valid where done): episode_return, episode_length, hearts, ore_collected, batteries_made."""
+        target = self.pos + self._move[actions.long()]
+        kind = self.cell.gather(1, target[:, None])
+        slot = self.obj_pos == target[:, None]  # [N, K]: the object slot at the target, if any
+        ready = (slot & (self.obj_ready_at <= self.steps[:, None])).any(1, keepdim=True)
+        made = ((kind == self._objects) & ready & self.can_make()).long()  # [N, 3]: at most one item per room
+        ready_again = self.steps[:, None] + 1 + self._slot_cooldown
+        self.obj_ready_at = torch.where(slot & made.any(1, keepdim=True), ready_again, self.obj_ready_at)
+        self.pos = torch.where(kind.squeeze(1) == self.EMPTY, target, self.pos)
+        self.inv += made
+        self.inv[:, :2] -= made[:, 1:]  # a battery costs an ore, a heart a battery
+        reward = (made * (self.made < self._reward_max)).float() @ self._item_reward
+        self.made += made
+        self.steps += 1
+
+        done = self.steps >= self.episode_length
+        ore, batteries, hearts = self.made.unbind(1)
+        info = {
+            "episode_return": torch.minimum(self.made, self._reward_max).float() @ self._item_reward,
+            "episode_length": self.steps.clone(),
+            "hearts": hearts.clone(),
+            "ore_collected": ore.clone(),
+            "batteries_made": batteries.clone(),
+        }
+        self._new_episodes(done)
+        return self._obs(), reward, done, info
+
+    def _subset(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, selected) to update the rooms in `mask`. Off CPU: all rooms, blended by the mask (fixed
+        shapes, no host sync). On CPU: only those rooms (one cheap nonzero keeps per-room work small)."""
+        if self._fixed_shapes:
+            return self._all, mask
+        rows = mask.nonzero().squeeze(1)
+        return rows, mask[rows]
+
+    def _update(self, name: str, rows: torch.Tensor, selected: torch.Tensor, new) -> None:
+        """State tensor `name` takes the values `new` at the selected ones of `rows`."""
+        old = getattr(self, name)
+        old[rows] = torch.where(selected.view(-1, *[1] * (old.dim() - 1)), new, old[rows])
+
+    def _random_bits(self, rows: torch.Tensor, selected: torch.Tensor, n: int) -> torch.Tensor:
+        """int64 [len(rows), n] of hash bits from each room's own stream; selected rooms advance theirs by n."""
+        z = _mix64(self.key[rows, None] + (self.draws[rows, None] + torch.arange(n, device=self.device)) * _GOLDEN)
+        self.draws[rows] += selected * n
+        return z
+
+    def _new_episodes(self, mask: torch.Tensor) -> None:
+        """A fresh layout: the agent and every object on distinct uniformly drawn cells, all objects ready."""
+        rows, sel = self._subset(mask)
+        order = self._random_bits(rows, sel, self.room_size**2).argsort(dim=1, stable=True)
+        cells = self._interior[order[:, : 1 + len(self._kinds)]]  # a random arrangement: agent first
+        room = self._empty_room.expand(len(rows), -1).scatter(1, cells[:, 1:], self._kinds.expand(len(rows), -1))
+        self._update("cell", rows, sel, room)
+        self._update("obj_pos", rows, sel, cells[:, 1:])
+        self._update("pos", rows, sel, cells[:, 0])
+        for name in ("obj_ready_at", "inv", "made", "steps"):
+            self._update(name, rows, sel, 0)
+
+    def _per_cell(self, values: torch.Tensor) -> torch.Tensor:
+        """[N, side * side]: each object's value in `values` [N, K] at its cell, 0 elsewhere."""
+        return torch.zeros(self.cell.shape, dtype=values.dtype, device=self.device).scatter_(1, self.obj_pos, values)
+
+    def _obs(self) -> torch.Tensor:
+        """uint8 [N, 5 * W * W + 3]: the window's mine, generator, altar, ready, wall planes (0/1), then inventory."""
+        n, area = self.num_envs, self.window**2
+        cells = self.pos[:, None] + self._window
+        code = self.cell.gather(1, cells)
+        ready = self._per_cell((self.obj_ready_at <= self.steps[:, None]).to(torch.uint8))
+        obs = torch.empty(n, 5 * area + 3, dtype=torch.uint8, device=self.device)
+        planes = obs[:, : 5 * area].view(n, 5, area)
+        flags = planes.view(torch.bool)  # writing comparisons straight into the uint8 planes, as 0/1
+        for plane, kind in ((0, self.MINE), (1, self.GENERATOR), (2, self.ALTAR), (4, self.WALL)):
+            torch.eq(code, kind, out=flags[:, plane])
+        torch.gather(ready, 1, cells, out=planes[:, 3])
+        obs[:, -3:] = self.inv.clamp(max=255)
+        return obs
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).clone() for name in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._STATE:
+            old, new = getattr(self, name), state[name]
+            if new.shape != old.shape or new.dtype != old.dtype:
+                raise ValueError(
+                    f"ArenaEnv {name}: got {new.dtype}{list(new.shape)}, want {old.dtype}{list(old.shape)}"
+                )
+            setattr(self, name, new.to(self.device, copy=True))
+
+    def cell_index(self, row: int, col: int) -> int:
+        """The flat index of room cell (row, col), counted from 0 inside the walls (-1 and room_size: walls)."""
+        return (row + self._pad) * self.side + col + self._pad
+
+    def _set_state(self, i: int, agent: tuple, objects=(), inventory=(0, 0, 0)) -> None:
+        """Test seam: room `i` at step 0 of an episode with the agent at (row, col), the given objects, each
+        (kind, row, col, steps until ready), in slots of their kind, and the inventory (ore, battery, hearts).
+        Slots left over are parked in the (unreachable) corner cell 0, never ready."""
+        self.cell[i], self.obj_pos[i], self.obj_ready_at[i] = self._empty_room, 0, 2**62
+        slots = self._kinds.tolist()
+        for kind, row, col, wait in objects:
+            k = slots.index(kind)  # the first unused slot of that kind
+            slots[k] = None
+            self.cell[i, self.cell_index(row, col)], self.obj_pos[i, k] = kind, self.cell_index(row, col)
+            self.obj_ready_at[i, k] = wait
+        self.pos[i], self.inv[i], self.made[i], self.steps[i] = self.cell_index(*agent), torch.tensor(inventory), 0, 0
+
+
+def teacher_actions(env: ArenaEnv) -> torch.Tensor:
+    """A scripted expert, all rooms at once: head for the usable object (one whose item the inventory can take
+    now) that is cheapest to reach, cost = path length + steps until it is ready, and bump it (bumping a cooling
+    object waits). The costs are a distance field grown from those objects through empty cells, one cell per
+    pass, until it settles (one host sync per pass: fine for a teacher)."""
+    n, size, inf = env.num_envs, env.room_size + 2, 2**30
+    ring = env._pad - 1  # the crop: the room and its walls
+    crop = lambda x: x.view(n, env.side, env.side)[:, ring : ring + size, ring : ring + size]
+    cell = crop(env.cell)
+    wanted = ((cell[..., None] == env._objects) & env.can_make()[:, None, None]).any(3)
+    wait = crop(env._per_cell((env.obj_ready_at - env.steps[:, None]).clamp(min=0)))
+    cost = torch.where(wanted, wait, inf).int()
+    free, inner = cell[:, 1:-1, 1:-1] == env.EMPTY, cost[:, 1:-1, 1:-1]  # the walls keep their inf
+    while True:
+        up_down = torch.minimum(cost[:, :-2, 1:-1], cost[:, 2:, 1:-1])
+        nearest = torch.minimum(up_down, torch.minimum(cost[:, 1:-1, :-2], cost[:, 1:-1, 2:]))
+        grown = torch.where(free, torch.minimum(inner, nearest + 1), inner)
+        if torch.equal(grown, inner):
+            break
+        inner.copy_(grown)
+    here = (env.pos // env.side - ring) * size + env.pos % env.side - ring
+    around = cost.flatten(1).gather(1, here[:, None] + torch.tensor([-size, 1, size, -1], device=env.device))
+    best = around.min(1)  # the neighbours up, right, down, left
+    return torch.where(best.values < inf, best.indices + 1, env.NOOP)
+
+
+def render_room(env: ArenaEnv, i: int) -> str:
+    """Room `i` as text: '@' agent, 'M'/'G'/'A' a ready mine/generator/altar (lower case: cooling down), '#'
+    walls, '.' empty; then the step and inventory."""
+    symbols = {env.EMPTY: ".", env.WALL: "#", env.MINE: "m", env.GENERATOR: "g", env.ALTAR: "a"}
+    cell, pos = env.cell[i].tolist(), int(env.pos[i])
+    ready = env._per_cell((env.obj_ready_at <= env.steps[:, None]).long())[i].tolist()
+    lines = []
+    for row in range(-1, env.room_size + 1):
+        line = []
+        for c in (env.cell_index(row, col) for col in range(-1, env.room_size + 1)):
+            line.append("@" if c == pos else symbols[cell[c]].upper() if ready[c] else symbols[cell[c]])
+        lines.append(" ".join(line))
+    (ore, battery, hearts), (ore_max, battery_max, _) = env.inv[i].tolist(), env._inv_max.tolist()
+    lines.append(
+        f"step {int(env.steps[i])}/{env.episode_length}  ore {ore}/{ore_max}  battery {battery}/{battery_max}  "
+        f"hearts {hearts}"
+    )
+    return "\n".join(lines)
+
+
+def bench_env(env: ArenaEnv, steps: int) -> float:
+    """Room-steps per second with random actions (drawn up front, so only the environment is timed)."""
+    gen = torch.Generator(env.device).manual_seed(0)
+    actions = torch.randint(0, env.n_actions, (16, env.num_envs), device=env.device, generator=gen)
+    sync = (lambda: torch.cuda.synchronize(env.device)) if env.device.type == "cuda" else (lambda: None)
+    for t in range(10):  # warm-up
+        env.step(actions[t % 16])
+    sync()
+    start = time.perf_counter()
+    for t in range(steps):
+        env.step(actions[t % 16])
+    sync()
+    return env.num_envs * steps / (time.perf_counter() - start)
+
+
+def make_env(args: Args, num_envs: int, device, seed: int, env_id_offset: int = 0) -> ArenaEnv:
+    keys = (
+        "room_size num_mines num_generators num_altars mine_cooldown generator_cooldown altar_cooldown ore_max "
+        "battery_max heart_max reward_shaping ore_reward battery_reward ore_reward_max battery_reward_max "
+        "episode_length obs_radius"
+    ).split()
+    return ArenaEnv(num_envs, device, seed, env_id_offset, **{k: getattr(args, k) for k in keys})
+
+
+EPISODE_KEYS = ("episode_return", "episode_length", "hearts", "ore_collected", "batteries_made")  # summed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Agent: gets the whole config and owns its weight clipping
+# ---------------------------------------------------------------------------------------------------
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """An MLP actor-critic on the egocentric window and inventory, built from the whole config."""
+
+    def __init__(self, obs_space: tuple[int, ...], n_actions: int, cfg: Args):
+        super().__init__()
+        n_in, h = math.prod(obs_space), cfg.hidden_size
+        self.clip_range = cfg.clip_range
+        self.trunk = nn.Sequential(layer_init(nn.Linear(n_in, h)), nn.ReLU(), layer_init(nn.Linear(h, h)), nn.ReLU())
+        self.actor = layer_init(nn.Linear(h, n_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(h, 1), std=1.0)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None, greedy: bool = False):
+        """(action, log-prob, entropy, value); samples an action unless one is given."""
+        x = obs.float()  # 0/1 planes, then ore, batteries (0 or 1 at the default caps) and hearts held
+        hidden = self.trunk(torch.cat([x[:, :-1], x[:, -1:].clamp(max=10) / 10], 1))  # hearts say little: squash
+        logits = self.actor(hidden)
+        probs = Categorical(logits=logits, validate_args=False)  # NaNs are caught by the update's check
+        if action is None:
+            action = logits.argmax(-1) if greedy else probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1)
+
+    @torch.no_grad()
+    def clip_weights(self) -> None:
+        """Clamp every Linear weight to +-clip_range (0 = off); called after every optimizer step."""
+        if self.clip_range > 0:
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    m.weight.clamp_(-self.clip_range, self.clip_range)
+
+
+def make_optimizer(agent: Agent, args: Args) -> list[torch.optim.Optimizer]:
+    """Adam; or Muon for the 2-D weights of the hidden layers and Adam for the rest (heads, biases)."""
+    if args.optimizer == "adam":
+        return [torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)]
+    hidden = [m.weight for m in agent.trunk if isinstance(m, nn.Linear)]
+    rest = [p for p in agent.parameters() if all(p is not w for w in hidden)]
+    return [
+        torch.optim.Muon(hidden, lr=args.learning_rate, weight_decay=0.0, adjust_lr_fn="match_rms_adamw"),
+        torch.optim.Adam(rest, lr=args.learning_rate, eps=1e-5),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers: sizes, schedules, advantages, the losses and the update, checkpoints (tests call these)
+# ---------------------------------------------------------------------------------------------------
+def default_num_envs(device: torch.device) -> int:
+    """Rooms per rank for --num-envs 0: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
+    if device.type == "cuda":
+        gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return int(min(65536, 4096 * max(1, int(gib))))
+    return 256 * torch.get_num_threads()
+
+
+def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
+    """Batch sizes and update count; raises ArgError on anything that cannot train. Pure: every rank
+    computes the same verdict from the same arguments, so no rank is left waiting in a collective."""
+    positive = (
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+        "total_timesteps",
+        "room_size",
+        "episode_length",
+        "ore_max",
+        "battery_max",
+        "eval_episodes",
+        "hidden_size",
+    )
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise ArgError(
+            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
+        )
+    if args.total_timesteps < batch * world_size:
+        raise ArgError(
+            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
+            f"({args.num_envs} rooms x {args.num_steps} steps x {world_size} ranks)"
+        )
+    if args.num_mines + args.num_generators + args.num_altars + 1 > args.room_size**2:
+        raise ArgError(f"the objects and the agent do not fit in a {args.room_size}x{args.room_size} room")
+    for name, (kind, final) in SCHEDULED.items():
+        initial, final_value = getattr(args, name), getattr(args, final)
+        if initial < 0 or final_value < 0:
+            raise ArgError(f"--{name.replace('_', '-')} and --{final.replace('_', '-')} must be >= 0")
+        if getattr(args, kind) == "exponential" and min(initial, final_value) <= 0:
+            raise ArgError(f"an exponential schedule of {name} needs positive initial and final values")
+    checks = [
+        (args.learning_rate > 0, "--learning-rate must be positive"),
+        (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must be in [0, 1]"),
+        (args.max_grad_norm > 0 and args.log_schedule_d > 0, "--max-grad-norm and --log-schedule-d must be positive"),
+        (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive"),
+        (min(args.checkpoint_interval, args.eval_interval, args.clip_range) >= 0, "intervals and --clip-range >= 0"),
+        (
+            min(
+                args.mine_cooldown,
+                args.generator_cooldown,
+                args.altar_cooldown,
+                args.heart_max,
+                args.obs_radius,
+                args.num_mines,
+                args.num_generators,
+                args.num_altars,
+            )
+            >= 0,
+            "counts, cooldowns and caps must be >= 0",
+        ),
+        (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ArgError(message)
+    return {
+        "world_size": world_size,
+        "batch_size_per_rank": batch,
+        "global_batch_size": batch * world_size,
+        "minibatch_size_per_rank": batch // args.num_minibatches,
+        "num_updates": args.total_timesteps // (batch * world_size),
+    }
+
+
+# Each scheduled value: (field of its schedule kind, field of its final value); the field itself is the initial.
+SCHEDULED = {
+    "learning_rate": ("lr_schedule", "lr_final"),
+    "clip_coef": ("clip_schedule", "clip_final"),
+    "ent_coef": ("ent_schedule", "ent_final"),
+    "vf_clip_coef": ("vf_clip_schedule", "vf_clip_final"),
+}
+
+
+def schedule(kind: str, initial: float, final: float, p: float, d: float = 10.0) -> float:
+    """The value at progress p = global_step / total_timesteps in [0, 1]."""
+    p = min(max(p, 0.0), 1.0)
+    if kind == "constant":
+        return initial
+    if kind == "linear":
+        return initial + (final - initial) * p
+    if kind == "cosine":
+        return final + (initial - final) * (1 + math.cos(math.pi * p)) / 2
+    if kind == "exponential":
+        return initial * (final / initial) ** p
+    if kind == "logarithmic":  # moves fast at first, then slowly
+        return initial + (final - initial) * math.log1p(d * p) / math.log1p(d)
+    raise ValueError(f"unknown schedule {kind}")
+
+
+def schedules_at(args: Args, p: float) -> dict[str, float]:
+    """Every scheduled hyperparameter at progress p."""
+    return {
+        name: schedule(getattr(args, kind), getattr(args, name), getattr(args, final), p, args.log_schedule_d)
+        for name, (kind, final) in SCHEDULED.items()
+    }
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+    """Advantages and returns (= advantages + rollout values). dones[t] = 1 means obs[t] began a new
+    episode, so nothing flows back across it (CleanRL's convention). Shapes [T, N]."""
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        not_done = 1.0 - (next_done if t == rewards.shape[0] - 1 else dones[t + 1])
+        next_v = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_v * not_done - values[t]
+        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+def grpo_advantages(rewards, dones, next_done, gamma: float) -> torch.Tensor:
+    """GRPO's critic-free advantages: the discounted return-to-go inside the rollout (cut at episode ends,
+    not bootstrapped), normalized within its group = the same rollout step t of every room on every rank
+    (rooms restart in lockstep, so a group shares its position in the episode)."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        not_done = 1.0 - (next_done if t == rewards.shape[0] - 1 else dones[t + 1])
+        running = rewards[t] + gamma * not_done * running
+        returns[t] = running
+    stats = torch.stack([returns.sum(1), (returns * returns).sum(1)]).double()  # [2, T]
+    dist.all_reduce(stats)
+    n = returns.shape[1] * dist.get_world_size()
+    mean = stats[0] / n
+    std = ((stats[1] - n * mean * mean) / max(n - 1, 1)).clamp(min=0).sqrt()
+    return ((returns - mean[:, None].float()) / (std[:, None].float() + 1e-8)).float()
+
+
+def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std of x joined over all ranks: one all-reduce of sum, sum of squares, count."""
+    x = x.double()
+    s = torch.stack([x.sum(), (x * x).sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
+    dist.all_reduce(s)
+    mean = s[0] / s[2]
+    var = (s[1] - s[2] * mean * mean) / (s[2] - 1).clamp(min=1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
+
+
+def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
+    """One epoch's minibatch indices into a batch of n. Every rank draws the same permutation (same
+    generator) of its own batch, so global minibatch k is the union of the ranks' k-th minibatches.
+    shards=S replays that in one process on S ranks' batches joined (the equivalence test)."""
+    per_shard = n // shards
+    perm, size = torch.randperm(per_shard, generator=gen), per_shard // num_minibatches
+    return [torch.cat([perm[i : i + size] + s * per_shard for s in range(shards)]) for i in range(0, per_shard, size)]
+
+
+def compute_loss(model: nn.Module, b: dict, mb: torch.Tensor, args: Args, coef: dict[str, float]):
+    """The selected loss on minibatch `mb` of batch `b`; returns (loss, [policy, value, entropy, kl, clipfrac]).
+    grpo and action_supervised leave the critic unused; --hack touches it with 0.0 * value.sum()."""
+    supervised = args.loss == "action_supervised"
+    actions = b["teacher_actions" if supervised else "actions"][mb]
+    with torch.autocast(mb.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
+        _, newlogprob, entropy, newvalue = model(b["obs"][mb], actions)
+    newlogprob, entropy, newvalue = newlogprob.float(), entropy.float().mean(), newvalue.float()
+    zero = torch.zeros((), device=newvalue.device)
+    if supervised:  # cross-entropy toward the teacher's action on the agent's own states
+        pg_loss, approx_kl, clipfrac = -newlogprob.mean(), zero, zero
+    else:
+        logratio = newlogprob - b["logprobs"][mb]
+        ratio = logratio.exp()
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - logratio).mean()
+            clipfrac = ((ratio - 1.0).abs() > coef["clip_coef"]).float().mean()
+        adv = b["advantages"][mb]
+        if args.norm_adv and args.loss == "ppo":  # grpo's advantages are normalized per group already
+            mean, std = global_mean_std(adv)
+            adv = (adv - mean) / (std + 1e-8)
+        clipped = ratio.clamp(1 - coef["clip_coef"], 1 + coef["clip_coef"])
+        pg_loss = torch.max(-adv * ratio, -adv * clipped).mean()
+    loss = pg_loss - coef["ent_coef"] * entropy
+    v_loss = zero
+    if args.loss == "ppo":
+        v_loss = 0.5 * (newvalue - b["returns"][mb]) ** 2
+        if args.clip_vloss:
+            v_clip = b["values"][mb] + (newvalue - b["values"][mb]).clamp(-coef["vf_clip_coef"], coef["vf_clip_coef"])
+            v_loss = torch.max(v_loss, 0.5 * (v_clip - b["returns"][mb]) ** 2)
+        v_loss = v_loss.mean()
+        loss = loss + args.vf_coef * v_loss
+    elif args.hack:  # the critic's output is unused: touch it so that DDP sees a (zero) gradient for it
+        loss = loss + 0.0 * newvalue.sum()
+    return loss, [pg_loss.detach(), v_loss.detach(), entropy.detach(), approx_kl, clipfrac]
+
+
+def unused_parameters(agent: Agent, b: dict, args: Args, coef: dict[str, float]) -> list[str]:
+    """Names of the parameters the selected loss gives no gradient, found by autograd on a few samples."""
+    loss, _ = compute_loss(agent, b, torch.arange(min(8, b["obs"].shape[0]), device=b["obs"].device), args, coef)
+    names, params = zip(*agent.named_parameters(), strict=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [n for n, g in zip(names, grads, strict=True) if g is None]
+
+
+def ppo_update(
+    model: nn.Module,
+    optimizers: list,
+    b: dict,
+    args: Args,
+    coef: dict[str, float],
+    gen: torch.Generator,
+    shards: int = 1,
+) -> dict[str, float]:
+    """The selected loss's epochs over this rank's batch `b` (flat tensors). `model` is the DDP wrapper, so each
+    backward averages gradients over ranks. Returns the losses averaged over minibatches and ranks."""
+    agent = unwrap(model)
+    sums = torch.zeros(6, device=b["obs"].device)  # pg, v, entropy, approx_kl, clipfrac, minibatches
+    for _epoch in range(args.update_epochs):
+        epoch_kl = torch.zeros(2, device=sums.device)
+        for mb in minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards):
+            loss, stats = compute_loss(model, b, mb.to(sums.device), args, coef)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP all-reduces the gradients here: they are identical on every rank after it
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            if not torch.isfinite(grad_norm):  # same verdict on every rank: the gradients are all-reduced
+                raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}) at loss {loss.item()}")
+            for opt in optimizers:
+                opt.step()
+            agent.clip_weights()
+            one = torch.ones((), device=sums.device)
+            sums += torch.stack([*stats, one])
+            epoch_kl += torch.stack([stats[3], one])
+        if args.target_kl is not None:  # decided together: the mean KL of this epoch over all ranks
+            dist.all_reduce(epoch_kl)
+            if (epoch_kl[0] / epoch_kl[1]).item() > args.target_kl:
+                break
+    if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():  # identical on every rank
+        raise FloatingPointError("non-finite weights after the update")
+    dist.all_reduce(sums)
+    keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+    return {f"losses/{k}": (sums[i] / sums[5]).item() for i, k in enumerate(keys)}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind torch.compile and DDP wrappers."""
+    while hasattr(model, "_orig_mod") or hasattr(model, "module"):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint, or fail with one line that names the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ArgError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+RESUME_MUST_MATCH = (
+    "seed",
+    "loss",
+    "total_timesteps",
+    "num_envs",
+    "num_steps",
+    "num_minibatches",
+    "hidden_size",
+    "optimizer",
+    *SCHEDULED,
+    *(k for pair in SCHEDULED.values() for k in pair),
+)
+
+
+def load_latest_checkpoint(run_dir: Path, rank: int) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
+    for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
+        try:
+            return path, load_checkpoint(path)
+        except ArgError as e:
+            if rank == 0:
+                print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+    return None
+
+
+def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
+    """Gather every rank's own state (rooms, RNG) to rank 0, which writes it beside the shared state (model,
+    optimizer, counters) as one file, atomically. Key k of per_rank becomes a list indexed by rank."""
+    everyone = [None] * world_size
+    dist.all_gather_object(everyone, to_cpu(per_rank))
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({**shared, **{k: [r[k] for r in everyone] for k in per_rank}}, path)
+
+
+def to_cpu(x):
+    """A copy of nested dicts of tensors with every tensor on the CPU."""
+    if isinstance(x, dict):
+        return {k: to_cpu(v) for k, v in x.items()}
+    return x.cpu() if torch.is_tensor(x) else x
+
+
+def check_identical(agent: nn.Module, when: str) -> None:
+    """All ranks hold the same weights: compare the min and max over ranks of a float64 checksum."""
+    flat = torch.cat([p.detach().double().flatten() for p in agent.parameters()])
+    s = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()])
+    lo, hi = s.clone(), s.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError(f"parameters differ across ranks {when}: checksums {lo.tolist()} vs {hi.tolist()}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: greedy episodes in rooms of their own, in-process or in a separate process
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def evaluate(policy, args: Args, device, episodes: int, seed: int, render: bool = False) -> dict[str, float]:
+    """Play one episode per room, `episodes` rooms in parallel. `policy(env, obs)` returns actions."""
+    env = make_env(args, episodes, device, seed)
+    obs = env.reset()
+    for _ in range(args.episode_length):
+        obs, _, _, info = env.step(policy(env, obs))
+        if render:
+            print("\033[H\033[J" + render_room(env, 0), flush=True)
+            time.sleep(1.0 / args.render_fps)
+    totals = torch.stack([info[k].float() for k in EPISODE_KEYS])  # every room ended on this last step
+    return {f"eval/{k}": v.mean().item() for k, v in zip(EPISODE_KEYS, totals, strict=True)}
+
+
+def greedy(agent: Agent):
+    return lambda env, obs: agent(obs, greedy=True)[0]
+
+
+def play(args: Args) -> int:
+    """--eval-checkpoint (rebuilt from the file alone, in one process) or --baseline random|teacher."""
+    if args.baseline:
+        train_args = args
+        gen = torch.Generator().manual_seed(args.seed)
+        policy = {
+            "teacher": lambda env, obs: teacher_actions(env),
+            "random": lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,), generator=gen),
+        }
+        policy, name = policy[args.baseline], args.baseline
+    else:
+        ckpt = load_checkpoint(Path(args.eval_checkpoint))
+        train_args = Args(**ckpt["args"])
+        agent = Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], train_args)
+        agent.load_state_dict(ckpt["model"])
+        policy, name = greedy(agent.eval()), "greedy"
+    episodes = 1 if args.render else args.eval_episodes
+    stats = evaluate(policy, train_args, torch.device("cpu"), episodes, args.seed + 1_000_003, render=args.render)
+    print(
+        f"{episodes} {name} episodes: hearts per episode {stats['eval/hearts']:.2f}, "
+        f"return {stats['eval/episode_return']:.2f}"
+    )
+    if args.eval_json:
+        Path(args.eval_json).write_text(json.dumps(stats))
+    return 0
+
+
+def start_async_eval(agent: Agent, meta: dict, run_dir: Path, update: int, global_step: int, args: Args):
+    """Snapshot the policy and evaluate it in a separate process; its JSON lands in run_dir/eval/."""
+    eval_dir = run_dir / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = eval_dir / f"policy_{update:08d}.pt"
+    atomic_save({"model": agent.state_dict(), **meta}, snapshot)
+    out = eval_dir / f"update_{update:08d}_step_{global_step}.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--eval-checkpoint",
+        str(snapshot),
+        "--eval-json",
+        str(out),
+        f"--eval-episodes={args.eval_episodes}",
+        f"--seed={args.seed}",
+    ]
+    return subprocess.Popen(cmd, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+
+
+def collect_async_evals(run_dir: Path, logged: set, writer) -> dict[str, float]:
+    """Results of finished separate evaluations not logged yet: into TensorBoard at their own step, and
+    returned for this update's progress.csv row (the newest, if several arrived)."""
+    latest = {}
+    for path in sorted((run_dir / "eval").glob("update_*_step_*.json")):
+        if path.name not in logged:
+            logged.add(path.name)
+            stats, step = json.loads(path.read_text()), int(path.stem.split("_step_")[1])
+            for k, v in stats.items():
+                writer.add_scalar(k, v, step)
+            latest = stats
+    return latest
+
+
+# ---------------------------------------------------------------------------------------------------
+# Logging on rank 0: TensorBoard, progress.csv, console table
+# ---------------------------------------------------------------------------------------------------
+METRICS = (
+    "charts/episodic_return charts/episodic_length charts/SPS charts/learning_rate losses/value_loss "
+    "losses/policy_loss losses/entropy losses/approx_kl losses/clipfrac losses/explained_variance time/rollout_s "
+    "time/update_s arena/hearts arena/ore_collected arena/batteries_made arena/episodes schedule/learning_rate "
+    "schedule/clip_coef schedule/ent_coef schedule/vf_clip_coef eval/episode_return eval/episode_length "
+    "eval/hearts eval/ore_collected eval/batteries_made"
+).split()
+
+
+def open_progress(path: Path, last_update: int):
+    """progress.csv for appending, holding exactly the rows of updates 1..last_update (a resumed run
+    drops rows written after its checkpoint, so no row is duplicated)."""
+    rows = []
+    if last_update > 0 and path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["update"]) <= last_update]
+    f = open(path, "w", newline="")  # noqa: SIM115  (kept open for the whole run)
+    writer = csv.DictWriter(f, fieldnames=["update", "global_step", *METRICS])
+    writer.writeheader()
+    writer.writerows(rows)
+    f.flush()
+    return f, writer
+
+
+def print_status(row: dict, total: int, per_rank_sps: list[float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"update {row['update']}", show_header=False)
+    done, r = row["global_step"], row
+    table.add_row("steps", f"{done:,} / {total:,} ({100 * done / total:.1f}%)")
+    table.add_row(
+        "SPS (global / per rank)", f"{r['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
+    )
+    table.add_row(
+        "hearts / ore / batteries per episode",
+        f"{r['arena/hearts']:.2f} / {r['arena/ore_collected']:.2f} / {r['arena/batteries_made']:.2f}",
+    )
+    table.add_row("return", f"{r['charts/episodic_return']:.2f}")
+    table.add_row(
+        "losses pg / v / entropy",
+        f"{r['losses/policy_loss']:.4f} / {r['losses/value_loss']:.4f} / {r['losses/entropy']:.3f}",
+    )
+    table.add_row(
+        "schedule lr / clip / ent / vf_clip",
+        " / ".join(f"{r['schedule/' + k]:.3g}" for k in ("learning_rate", "clip_coef", "ent_coef", "vf_clip_coef")),
+    )
+    table.add_row("time rollout / update (s)", f"{r['time/rollout_s']:.2f} / {r['time/update_s']:.2f}")
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------
+def main() -> int:
+    args = tyro.cli(Args)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if args.num_envs == 0:
+        args.num_envs = default_num_envs(device)
+    try:
+        sizes = derived_sizes(args, world_size)
+        if args.eval_checkpoint or args.baseline:
+            return play(args)
+    except ArgError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.bench_env:
+        sps = bench_env(make_env(args, args.num_envs, device, args.seed), steps=500)
+        print(f"{args.num_envs} rooms on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
+        return 0
+
+    # -- DDP set-up: every rank reaches every collective below in the same order --
+    if use_cuda:
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=args.dist_timeout)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # torchrun's stop: unwind through `finally`
+    dist.init_process_group(
+        "nccl" if use_cuda else "gloo",
+        store=rendezvous_store(rank, world_size, timeout),
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
+        device_id=device if use_cuda else None,
+    )
+    try:
+        code = train(args, sizes, rank, world_size, device)
+        dist.barrier()  # a successful run ends together
+        return code
+    except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # raised on every rank alike: the gradients are all-reduced
+        print(f"error: {e}: training stopped on every rank", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: leave through `finally`, which shuts the process group down
+        print(f"rank {rank}: interrupted; destroying the process group", file=sys.stderr)
+        return 130
+    finally:
+        gc.collect()  # free DDP's reducer while the process group exists (see README)
+        dist.destroy_process_group()
+
+
+def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The key-value store the ranks meet in: torchrun's (MASTER_ADDR:MASTER_PORT), or an in-process one
+    for a plain `python` run. Its keys get a prefix per torchrun restart: after a restart the unprefixed
+    keys would still hold the dead workers' addresses, and the new group would try to connect to them."""
+    if "MASTER_ADDR" not in os.environ:
+        return dist.HashStore()
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it: all are clients
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_store,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device) -> int:
+    if not args.run_name:
+        launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        stamp = torch.tensor([int(time.time())])
+        dist.broadcast(stamp, 0)  # one name for all ranks
+        run_id = launch[:8] if launch != "none" else stamp.item()
+        args.run_name = f"{args.exp_name}__{args.loss}__{args.seed}__{run_id}"
+    run_dir = Path("runs") / args.run_name
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    env = make_env(args, args.num_envs, device, args.seed, env_id_offset=rank * args.num_envs)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    agent = Agent(env.obs_shape, env.n_actions, args).to(device)
+    torch.manual_seed(args.seed + rank)  # action sampling differs per rank
+    optimizers = make_optimizer(agent, args)
+    minibatch_gen = torch.Generator().manual_seed(args.seed)  # the same permutations on every rank
+    meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
+    start_update, global_step, next_obs = 1, 0, env.reset()
+    next_done = torch.zeros(args.num_envs, device=device)
+
+    # -- resume: every rank reads the same checkpoint and takes its own rooms and RNG state --
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
+    found = load_latest_checkpoint(run_dir, rank) if args.resume or restarted else None
+    if found:
+        checkpoint, ckpt = found
+        saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
+        for k in ("world_size", *RESUME_MUST_MATCH):
+            if saved[k] != (world_size if k == "world_size" else getattr(args, k)):
+                raise ArgError(f"{checkpoint} was written with {k}={saved[k]}; resume with the same value")
+        agent.load_state_dict(ckpt["model"])
+        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
+            opt.load_state_dict(state)
+        env.load_state_dict(ckpt["env"][rank])
+        set_rng_state(ckpt["rng"][rank])
+        minibatch_gen.set_state(ckpt["minibatch_rng"])
+        start_update, global_step = ckpt["update"] + 1, ckpt["global_step"]
+        next_obs, next_done = ckpt["next_obs"][rank].to(device), ckpt["next_done"][rank].to(device)
+        if rank == 0:
+            print(f"resumed from {checkpoint} at update {ckpt['update']}, global_step {global_step:,}")
+    elif args.resume:
+        raise ArgError(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}")
+
+    # -- rollout storage, on the device --
+    T, N = args.num_steps, args.num_envs
+    obs = torch.zeros((T, N, *env.obs_shape), dtype=next_obs.dtype, device=device)
+    actions, teacher, logprobs, rewards, dones, values = (torch.zeros((T, N), device=device) for _ in range(6))
+
+    # -- fail fast, on every rank alike, when the loss leaves parameters unused and nothing handles it --
+    coef = schedules_at(args, global_step / args.total_timesteps)
+    probe = {
+        "obs": next_obs,
+        "actions": actions[0].long(),
+        "teacher_actions": actions[0].long(),
+        "logprobs": logprobs[0],
+        "advantages": logprobs[0],
+        "returns": logprobs[0],
+        "values": logprobs[0],
+    }
+    unused = unused_parameters(agent, probe, args, coef)
+    if unused and not (args.find_unused or args.hack):
+        raise ArgError(
+            f"--loss {args.loss} gives no gradient to {', '.join(unused)}, which DDP refuses "
+            f"('Expected to have finished reduction in the prior iteration'); fix: --find-unused or --hack"
+        )
+
+    # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
+    model = DDP(
+        agent,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=args.find_unused,
+        static_graph=args.static_graph,
+    )
+    check_identical(agent, "after wrapping")
+    policy = torch.compile(agent) if args.compile else agent
+    if args.compile:
+        model = torch.compile(model)
+
+    writer = csv_file = csv_writer = None
+    evals, logged_evals = [], set()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device)}
+        if args.track:  # imported only when asked for
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, name=args.run_name, config=config, sync_tensorboard=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        writer = SummaryWriter(str(run_dir))
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        )
+        csv_file, csv_writer = open_progress(run_dir / "progress.csv", start_update - 1)
+        print(
+            f"run {args.run_name}: loss {args.loss}, world size {world_size}, device {device}, {N} rooms per "
+            f"rank, batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
+            f"{sizes['num_updates']} updates; unused parameters: {', '.join(unused) or 'none'}"
+        )
+
+    last_print = time.time()
+    for update in range(start_update, sizes["num_updates"] + 1):
+        coef = schedules_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = coef["learning_rate"]
+        if os.environ.get("PPO_DDP_FAULT") == f"{rank}:{update}":  # test seam: fail one rank, here
+            raise RuntimeError(f"injected fault on rank {rank} at update {update}")
+
+        # -- rollout: the plain module, no gradients; episode statistics stay on the device --
+        t0 = time.perf_counter()
+        ep = torch.zeros(1 + len(EPISODE_KEYS), device=device)  # episodes, then the sums of EPISODE_KEYS
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
+            for step in range(T):
+                obs[step], dones[step] = next_obs, next_done
+                if args.loss == "action_supervised":
+                    teacher[step] = teacher_actions(env)
+                action, logprob, _, value = policy(next_obs)
+                values[step], actions[step], logprobs[step] = value.float(), action, logprob.float()
+                next_obs, reward, done, info = env.step(action)
+                rewards[step], next_done = reward, done.float()
+                ep += torch.stack([done.sum(), *(torch.where(done, info[k], 0).sum() for k in EPISODE_KEYS)])
+            next_value = policy(next_obs)[3].float()
+        global_step += N * T * world_size
+
+        # -- advantages, then the update through DDP --
+        if args.loss == "grpo":
+            advantages = grpo_advantages(rewards, dones, next_done, args.gamma)
+            returns = advantages + values  # logged only: grpo trains no critic
+        else:
+            advantages, returns = compute_gae(
+                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
+            )
+        b = dict(
+            obs=obs,
+            actions=actions.long(),
+            teacher_actions=teacher.long(),
+            logprobs=logprobs,
+            advantages=advantages,
+            returns=returns,
+            values=values,
+        )
+        b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
+        t1 = time.perf_counter()
+        losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen)
+        t2 = time.perf_counter()
+
+        # -- statistics of all ranks, one collective: rank 0 logs them --
+        var_y = b["returns"].var()
+        ev = 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=device)
+        timings = torch.tensor([N * T / (t2 - t0), t1 - t0, t2 - t1], device=device)  # rank SPS, rollout, update
+        mine = torch.cat([ep, ev.reshape(1), timings]).float()
+        gathered = [torch.zeros_like(mine) for _ in range(world_size)]
+        dist.all_gather(gathered, mine)
+        stats = torch.stack(gathered).cpu()
+        iteration_s = time.perf_counter() - t0
+        eval_stats = {}
+        if args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0 and rank == 0:
+            if args.eval_mode == "local":
+                eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, seed=args.seed + 1_000_003)
+            else:
+                evals.append(start_async_eval(agent, meta, run_dir, update, global_step, args))
+        if rank == 0:
+            if args.eval_mode == "async":
+                if update == sizes["num_updates"]:  # the last row waits for the evaluations still running
+                    for p in evals:
+                        p.wait(timeout=args.dist_timeout)
+                eval_stats = collect_async_evals(run_dir, logged_evals, writer) or eval_stats
+            total = stats[:, : 1 + len(EPISODE_KEYS)].sum(0)
+            episodes = max(total[0].item(), 1.0)
+            means = dict(zip(EPISODE_KEYS, (total[1:] / episodes).tolist(), strict=True))
+            row = {
+                "update": update,
+                "global_step": global_step,
+                **losses,
+                **eval_stats,
+                **{f"schedule/{k}": v for k, v in coef.items()},
+                "charts/episodic_return": means["episode_return"],
+                "charts/episodic_length": means["episode_length"],
+                "arena/hearts": means["hearts"],
+                "arena/ore_collected": means["ore_collected"],
+                "arena/batteries_made": means["batteries_made"],
+                "arena/episodes": total[0].item(),
+                "losses/explained_variance": stats[:, -4].mean().item(),
+                "charts/SPS": N * T * world_size / iteration_s,
+                "charts/learning_rate": coef["learning_rate"],
+                "time/rollout_s": stats[:, -2].max().item(),
+                "time/update_s": stats[:, -1].max().item(),
+            }
+            for k, v in row.items():
+                if "/" in k:
+                    writer.add_scalar(k, v, global_step)
+            csv_writer.writerow(row)
+            csv_file.flush()
+            if time.time() - last_print > args.print_interval or update == sizes["num_updates"]:
+                print_status(row, args.total_timesteps, stats[:, -3].tolist())
+                last_print = time.time()
+
+        # -- checkpoint: rank 0 writes everything every rank needs to continue exactly --
+        if args.checkpoint_interval and update % args.checkpoint_interval == 0:
+            shared = {
+                "model": agent.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers],
+                "update": update,
+                "global_step": global_step,
+                "minibatch_rng": minibatch_gen.get_state(),
+                **meta,
+            }
+            per_rank = {"env": env.state_dict(), "rng": rng_state(), "next_obs": next_obs, "next_done": next_done}
+            save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, per_rank, rank, world_size)
+
+    check_identical(agent, "at the end")
+    if rank == 0:
+        print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
+        atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")
+        writer.close()
+        csv_file.close()
+        print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

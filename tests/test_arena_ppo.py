@@ -1,0 +1,222 @@
+"""ppo_ddp.py: each loss under torchrun with 2 gloo processes, the unused-parameter guard, schedules, the
+policy's config, optimizers, evaluation modes, and the guards against silent regressions (seed 004)."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+from helpers import explain, python, torchrun
+
+import ppo_ddp as arena
+
+# 64 rooms x 32 steps x 2 ranks = 4096 steps per update; 4 updates.
+SMALL = [
+    "--num-envs=64",
+    "--num-steps=32",
+    "--num-minibatches=2",
+    "--hidden-size=32",
+    "--total-timesteps=16384",
+    "--print-interval=0",
+    "--checkpoint-interval=2",
+    "--eval-interval=2",
+    "--eval-episodes=4",
+]
+
+
+def progress(run_dir):
+    with open(run_dir / "progress.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("loss", ["ppo", "grpo", "action_supervised"])
+def test_each_loss_trains_on_two_ranks_with_identical_weights(tmp_path, loss):
+    p = torchrun("ppo_ddp.py", *SMALL, f"--loss={loss}", "--run-name=r", cwd=tmp_path, timeout=240)
+    assert p.returncode == 0, explain(p)
+    assert "parameters identical on all 2 ranks after 4 updates" in p.stdout
+    unused = "none" if loss == "ppo" else "critic.weight, critic.bias"
+    assert f"unused parameters: {unused}" in p.stdout
+    rows = progress(tmp_path / "runs/r")
+    assert [int(r["global_step"]) for r in rows] == [4096, 8192, 12288, 16384]
+    assert all(float(r["losses/entropy"]) > 0 for r in rows)
+    assert (float(rows[-1]["losses/value_loss"]) > 0) == (loss == "ppo")  # only ppo trains the critic
+    assert rows[1]["eval/hearts"] != ""
+    ckpt = torch.load(tmp_path / "runs/r/checkpoints/update_00000004.pt", weights_only=False)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+
+
+def test_unused_critic_without_a_fix_fails_fast_on_every_rank(tmp_path):
+    p = torchrun("ppo_ddp.py", *SMALL, "--loss=grpo", "--no-find-unused", "--run-name=f", cwd=tmp_path, timeout=120)
+    assert p.returncode != 0 and "exitcode: 2" in p.stderr, explain(p)
+    message = "error: --loss grpo gives no gradient to critic.weight, critic.bias, which DDP refuses"
+    assert p.stderr.count(message) == 2 and p.stderr.count("fix: --find-unused or --hack") == 2
+    assert not (tmp_path / "runs/f/progress.csv").exists()  # stopped before any heavy work
+
+
+def test_the_hack_trains_without_find_unused(tmp_path):
+    p = torchrun(
+        "ppo_ddp.py",
+        *SMALL,
+        "--loss=action_supervised",
+        "--no-find-unused",
+        "--hack",
+        "--run-name=h",
+        "--eval-mode=none",
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert p.returncode == 0, explain(p)
+    assert "parameters identical on all 2 ranks after 4 updates" in p.stdout
+    assert all(r["eval/hearts"] == "" for r in progress(tmp_path / "runs/h"))  # --eval-mode none
+
+
+def test_async_evaluation_logs_into_progress_and_tensorboard(tmp_path):
+    p = torchrun("ppo_ddp.py", *SMALL, "--eval-mode=async", "--run-name=a", cwd=tmp_path, timeout=240)
+    assert p.returncode == 0, explain(p)
+    results = sorted((tmp_path / "runs/a/eval").glob("update_*.json"))
+    assert [r.name for r in results] == ["update_00000002_step_8192.json", "update_00000004_step_16384.json"]
+    assert set(json.loads(results[0].read_text())) >= {"eval/hearts", "eval/episode_return"}
+    assert progress(tmp_path / "runs/a")[-1]["eval/hearts"] != ""  # the last row waited for the last one
+
+
+@pytest.mark.parametrize(
+    "kind, mid",
+    [
+        ("constant", 1.0),
+        ("linear", 0.55),
+        ("cosine", 0.55),
+        ("exponential", math.sqrt(0.1)),
+        ("logarithmic", 1 - 0.9 * math.log1p(5) / math.log1p(10)),
+    ],
+)
+def test_schedules_at_start_middle_end(kind, mid):
+    assert arena.schedule(kind, 1.0, 0.1, 0.0) == pytest.approx(1.0)
+    assert arena.schedule(kind, 1.0, 0.1, 0.5) == pytest.approx(mid)
+    assert arena.schedule(kind, 1.0, 0.1, 1.0) == pytest.approx(1.0 if kind == "constant" else 0.1)
+
+
+def test_learning_rate_follows_its_schedule_in_progress_csv(tmp_path):
+    p = torchrun("ppo_ddp.py", *SMALL, "--eval-mode=none", "--run-name=s", cwd=tmp_path, timeout=240)
+    assert p.returncode == 0, explain(p)
+    args = arena.Args()
+    for r in progress(tmp_path / "runs/s"):
+        progress_p = (int(r["global_step"]) - 4096) / 16384
+        assert float(r["charts/learning_rate"]) == pytest.approx(
+            arena.schedule("cosine", args.learning_rate, args.lr_final, progress_p)
+        )
+        assert float(r["schedule/clip_coef"]) == pytest.approx(
+            arena.schedule("logarithmic", args.clip_coef, args.clip_final, progress_p)
+        )
+    assert float(progress(tmp_path / "runs/s")[0]["charts/learning_rate"]) == pytest.approx(args.learning_rate)
+
+
+def test_defaults_keep_shaped_rewards_and_uncapped_hearts():
+    args = arena.Args()
+    assert args.reward_shaping and args.heart_max == 0 and args.lr_schedule != "constant"
+    env = arena.make_env(args, 1, "cpu", seed=0)
+    env._set_state(0, agent=(5, 5), objects=[(env.MINE, 5, 6, 0)])
+    _, reward, _, _ = env.step(torch.tensor([env.RIGHT]))
+    assert reward.item() == pytest.approx(args.ore_reward)  # shaping reaches the environment
+
+
+def test_policy_gets_its_config_and_clips_its_weights():
+    args = arena.Args(hidden_size=24, clip_range=0.05)
+    agent = arena.Agent((10,), 5, args)
+    assert agent.trunk[0].out_features == 24 and agent.clip_range == 0.05
+    with torch.no_grad():
+        agent.trunk[0].weight.fill_(1.0)
+    agent.clip_weights()
+    assert agent.trunk[0].weight.max().item() == pytest.approx(0.05)
+    off = arena.Agent((10,), 5, arena.Args(clip_range=0.0))
+    before = off.trunk[0].weight.clone()
+    off.clip_weights()
+    assert torch.equal(before, off.trunk[0].weight)
+
+
+def test_muon_takes_the_hidden_matrices_and_adam_the_rest():
+    agent = arena.Agent((10,), 5, arena.Args(hidden_size=16))
+    muon, adam = arena.make_optimizer(agent, arena.Args(optimizer="muon"))
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.Adam)
+    hidden = {id(agent.trunk[0].weight), id(agent.trunk[2].weight)}
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == hidden
+    assert len([p for g in adam.param_groups for p in g["params"]]) == len(list(agent.parameters())) - 2
+
+
+@pytest.fixture
+def one_process_group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_zero_grad_once_per_minibatch_on_a_crafted_batch(one_process_group):
+    """Each optimizer step sees exactly its own minibatch's gradient: nothing accumulates across minibatches."""
+    args = arena.Args(hidden_size=8, num_minibatches=2, update_epochs=1, max_grad_norm=1e9)
+    torch.manual_seed(0)
+    agent = arena.Agent((6,), 5, args)
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randint(0, 3, (8, 6), generator=g, dtype=torch.uint8)
+    with torch.no_grad():
+        actions, logprobs, _, values = agent(obs)
+    adv = torch.randn(8, generator=g)
+    b = {
+        "obs": obs,
+        "actions": actions,
+        "teacher_actions": actions,
+        "logprobs": logprobs,
+        "values": values,
+        "advantages": adv,
+        "returns": adv + values,
+    }
+    coef = arena.schedules_at(args, 0.0)
+    optimizer = torch.optim.SGD(agent.parameters(), lr=0.0)
+    seen = []
+    optimizer.register_step_pre_hook(lambda *_: seen.append(agent.actor.weight.grad.clone()))
+    arena.ppo_update(agent, [optimizer], b, args, coef, torch.Generator().manual_seed(7))
+    for mb, grad in zip(arena.minibatches(8, 2, torch.Generator().manual_seed(7)), seen, strict=True):
+        loss, _ = arena.compute_loss(agent, b, mb, args, coef)
+        (expected,) = torch.autograd.grad(loss, [agent.actor.weight])
+        torch.testing.assert_close(grad, expected)
+    assert len(seen) == 2
+
+
+def test_returns_are_advantages_plus_rollout_values():
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    dones = (torch.rand(6, 4, generator=g) < 0.3).float()
+    adv, ret = arena.compute_gae(rewards, values, dones, torch.randn(4, generator=g), torch.zeros(4), 0.99, 0.95)
+    assert torch.equal(ret, adv + values)
+
+
+def test_grpo_normalizes_within_each_rollout_step(one_process_group):
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.rand(5, 32, generator=g)
+    adv = arena.grpo_advantages(rewards, torch.zeros(5, 32), torch.zeros(32), 0.9)
+    torch.testing.assert_close(adv.mean(1), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(adv.std(1), torch.ones(5), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("baseline", ["random", "teacher"])
+def test_baselines_play(baseline):
+    p = python("ppo_ddp.py", f"--baseline={baseline}", "--eval-episodes=16", timeout=120)
+    assert p.returncode == 0, explain(p)
+    assert f"16 {baseline} episodes: hearts per episode" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-minibatches=3", "--num-envs=64"], "not divisible by --num-minibatches 3"),
+        (["--loss=nope"], ""),
+        (["--lr-schedule=exponential", "--lr-final=0"], "exponential schedule of learning_rate needs positive"),
+        (["--room-size=3", "--num-mines=9"], "do not fit"),
+        (["--clip-range=-1"], "--clip-range >= 0"),
+        (["--episode-length=0"], "--episode-length must be positive"),
+    ],
+)
+def test_bad_arguments_exit_2(flags, message):
+    p = python("ppo_ddp.py", *flags, timeout=60)
+    assert p.returncode == 2, explain(p)
+    assert message in p.stderr
