@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
-SCRIPTS = ["ppo_ddp_snake", "ppo_ddp", "test_unused_params"]
+SCRIPTS = ["ppo_ddp_snake", "ppo_ddp", "benchmark_ddp", "test_unused_params"]
 
 
 def defaults(script: str) -> dict:
