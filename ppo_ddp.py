@@ -60,7 +60,7 @@ class Args:
     loss: Literal["ppo", "grpo", "action_supervised"] = "ppo"
     """ppo: clipped actor and critic losses; grpo: critic-free, returns normalized per rollout step over every
     room of every rank; action_supervised: cross-entropy toward the scripted teacher's action"""
-    total_timesteps: int = 30_000_000
+    total_timesteps: int = 40_000_000
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
     """rooms per rank; 0 = pick by the device (CPU: 256 per thread; GPU: 4096 per GiB, at most 65536)"""
@@ -72,29 +72,29 @@ class Args:
     """passes over the batch per update"""
     optimizer: Literal["adam", "muon"] = "adam"
     """adam; or muon: torch.optim.Muon for the 2-D hidden weight matrices, Adam for the rest"""
-    learning_rate: float = 4.57e-4
+    learning_rate: float = 1e-3
     """initial learning rate"""
     lr_schedule: Schedule = "cosine"
     """how the learning rate goes from learning_rate to lr_final over total_timesteps (formulas: README)"""
     lr_final: float = 3e-5
     """learning rate at the end"""
-    clip_coef: float = 0.1
+    clip_coef: float = 0.2
     """initial surrogate clipping coefficient"""
     clip_schedule: Schedule = "logarithmic"
     """schedule of clip_coef"""
-    clip_final: float = 0.05
+    clip_final: float = 0.1
     """clip_coef at the end"""
-    ent_coef: float = 0.0021
+    ent_coef: float = 0.01
     """initial entropy bonus coefficient"""
     ent_schedule: Schedule = "linear"
     """schedule of ent_coef"""
     ent_final: float = 0.0
     """ent_coef at the end"""
-    vf_clip_coef: float = 0.1
+    vf_clip_coef: float = 0.2
     """initial value-clipping range (ppo with --clip-vloss)"""
     vf_clip_schedule: Schedule = "linear"
     """schedule of vf_clip_coef"""
-    vf_clip_final: float = 0.05
+    vf_clip_final: float = 0.1
     """vf_clip_coef at the end"""
     log_schedule_d: float = 10.0
     """d of the logarithmic schedule: initial + (final - initial) * log1p(d p) / log1p(d)"""
@@ -148,7 +148,7 @@ class Args:
     """steps per episode"""
     obs_radius: int = 5
     """the agent sees a (2r+1) x (2r+1) window around itself"""
-    hidden_size: int = 256
+    hidden_size: int = 128
     """width of the two hidden layers of the MLP shared by actor and critic"""
     clip_range: float = 0.0
     """the policy clamps its weights to +-clip_range after every optimizer step (0 = off)"""
@@ -1026,7 +1026,7 @@ def print_status(row: dict, total: int, per_rank_sps: list[float]) -> None:
     from rich.table import Table
 
     table = Table(title=f"update {row['update']}", show_header=False)
-    done, r = row["global_step"], row
+    done, r = row["global_step"], {**dict.fromkeys(METRICS, math.nan), **row}  # nan: nothing finished yet
     table.add_row("steps", f"{done:,} / {total:,} ({100 * done / total:.1f}%)")
     table.add_row(
         "SPS (global / per rank)", f"{r['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
@@ -1290,19 +1290,24 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
                         p.wait(timeout=args.dist_timeout)
                 eval_stats = collect_async_evals(run_dir, logged_evals, writer) or eval_stats
             total = stats[:, : 1 + len(EPISODE_KEYS)].sum(0)
-            episodes = max(total[0].item(), 1.0)
-            means = dict(zip(EPISODE_KEYS, (total[1:] / episodes).tolist(), strict=True))
+            episode_means = {}  # empty when no room finished an episode in this rollout
+            if total[0] > 0:
+                means = dict(zip(EPISODE_KEYS, (total[1:] / total[0]).tolist(), strict=True))
+                names = (
+                    "charts/episodic_return",
+                    "charts/episodic_length",
+                    "arena/hearts",
+                    "arena/ore_collected",
+                    "arena/batteries_made",
+                )
+                episode_means = dict(zip(names, means.values(), strict=True))
             row = {
                 "update": update,
                 "global_step": global_step,
                 **losses,
                 **eval_stats,
+                **episode_means,
                 **{f"schedule/{k}": v for k, v in coef.items()},
-                "charts/episodic_return": means["episode_return"],
-                "charts/episodic_length": means["episode_length"],
-                "arena/hearts": means["hearts"],
-                "arena/ore_collected": means["ore_collected"],
-                "arena/batteries_made": means["batteries_made"],
                 "arena/episodes": total[0].item(),
                 "losses/explained_variance": stats[:, -4].mean().item(),
                 "charts/SPS": N * T * world_size / iteration_s,

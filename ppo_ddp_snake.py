@@ -684,7 +684,7 @@ def print_status(row: dict, total: int, per_rank_sps: list[float]) -> None:
     from rich.table import Table
 
     table = Table(title=f"update {row['update']}", show_header=False)
-    done = row["global_step"]
+    done, row = row["global_step"], {**dict.fromkeys(METRICS, math.nan), **row}  # nan: nothing finished yet
     table.add_row("steps", f"{done:,} / {total:,} ({100 * done / total:.1f}%)")
     table.add_row(
         "SPS (global / per rank)", f"{row['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
@@ -896,16 +896,16 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             eval_stats = evaluate(agent, args, device, args.eval_episodes, seed=args.seed + 1_000_003)
         if rank == 0:
             total = stats[:, :5].sum(0)
-            episodes = max(total[0].item(), 1.0)
+            episode_means = {}  # empty when no board finished an episode in this rollout
+            if total[0] > 0:
+                names = ("charts/episodic_return", "charts/episodic_length", "snake/apples", "snake/length")
+                episode_means = dict(zip(names, (total[1:] / total[0]).tolist(), strict=True))
             row = {
                 "update": update,
                 "global_step": global_step,
                 **losses,
                 **eval_stats,
-                "charts/episodic_return": total[1].item() / episodes,
-                "charts/episodic_length": total[2].item() / episodes,
-                "snake/apples": total[3].item() / episodes,
-                "snake/length": total[4].item() / episodes,
+                **episode_means,
                 "snake/episodes": total[0].item(),
                 "losses/explained_variance": stats[:, 5].mean().item(),
                 "charts/SPS": N * T * world_size / iteration_s,
