@@ -51,7 +51,7 @@ class Args:
     """runs/<run_name>/; empty = <exp_name>__<seed>__<launch id>, the same after a torchrun restart"""
 
     # Algorithm
-    total_timesteps: int = 20_000_000
+    total_timesteps: int = 40_000_000
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
     """boards per rank; 0 = pick by the device (CPU: 256 per thread; GPU: 4096 per GiB, at most 65536)"""
