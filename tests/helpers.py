@@ -32,25 +32,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def run(cmd: list[str], timeout: float = 120, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
     """Run `cmd` capturing text output; after `timeout` s kill its whole process group and fail the test."""
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=child_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every worker it started
-        out, err = proc.communicate()
-        raise AssertionError(
-            f"timed out after {timeout}s: {' '.join(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}"
-        ) from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return finish(start(cmd, cwd=cwd, **env), timeout)
 
 
 def python(script: str, *args: str, timeout: float = 120, cwd: Path = ROOT, **env: str):
@@ -99,13 +81,15 @@ def start(cmd: list[str], cwd: Path = ROOT, **env: str) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
-    """Wait for a start()ed process; after `timeout` s kill its whole process group and fail the test."""
+    """Wait for a start()ed process; after `timeout` s kill its whole process group (torchrun and every worker
+    it started) and fail the test with what it printed."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"timed out after {timeout}s\n--- stdout\n{out}\n--- stderr\n{err}") from None
+        cmd = " ".join(proc.args)
+        raise AssertionError(f"timed out after {timeout}s: {cmd}\n--- stdout\n{out}\n--- stderr\n{err}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
