@@ -773,12 +773,23 @@ def compute_loss(model: nn.Module, b: dict, mb: torch.Tensor, args: Args, coef: 
     return loss, [pg_loss.detach(), v_loss.detach(), entropy.detach(), approx_kl, clipfrac]
 
 
-def unused_parameters(agent: Agent, b: dict, args: Args, coef: dict[str, float]) -> list[str]:
-    """Names of the parameters the selected loss gives no gradient, found by autograd on a few samples."""
-    loss, _ = compute_loss(agent, b, torch.arange(min(8, b["obs"].shape[0]), device=b["obs"].device), args, coef)
+def unused_parameters(agent: Agent, obs: torch.Tensor, args: Args) -> list[str]:
+    """Names of the parameters the selected loss gives no gradient, found by autograd on a few observations."""
+    n = min(8, obs.shape[0])
+    zeros = torch.zeros(n, device=obs.device)
+    b = {
+        "obs": obs[:n],
+        "actions": zeros.long(),
+        "teacher_actions": zeros.long(),
+        "logprobs": zeros,
+        "advantages": zeros,
+        "returns": zeros,
+        "values": zeros,
+    }
+    loss, _ = compute_loss(agent, b, torch.arange(n, device=obs.device), args, schedules_at(args, 0.0))
     names, params = zip(*agent.named_parameters(), strict=True)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [n for n, g in zip(names, grads, strict=True) if g is None]
+    return [name for name, g in zip(names, grads, strict=True) if g is None]
 
 
 def ppo_update(
@@ -1171,17 +1182,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     actions, teacher, logprobs, rewards, dones, values = (torch.zeros((T, N), device=device) for _ in range(6))
 
     # -- fail fast, on every rank alike, when the loss leaves parameters unused and nothing handles it --
-    coef = schedules_at(args, global_step / args.total_timesteps)
-    probe = {
-        "obs": next_obs,
-        "actions": actions[0].long(),
-        "teacher_actions": actions[0].long(),
-        "logprobs": logprobs[0],
-        "advantages": logprobs[0],
-        "returns": logprobs[0],
-        "values": logprobs[0],
-    }
-    unused = unused_parameters(agent, probe, args, coef)
+    unused = unused_parameters(agent, next_obs, args)
     if unused and not (args.find_unused or args.hack):
         raise ArgError(
             f"--loss {args.loss} gives no gradient to {', '.join(unused)}, which DDP refuses "
