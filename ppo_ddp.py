@@ -1154,6 +1154,14 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     start_update, global_step, next_obs = 1, 0, env.reset()
     next_done = torch.zeros(args.num_envs, device=device)
 
+    # -- fail fast, on every rank alike, when the loss leaves parameters unused and nothing handles it --
+    unused = unused_parameters(agent, next_obs, args)
+    if unused and not (args.find_unused or args.hack):
+        raise ArgError(
+            f"--loss {args.loss} gives no gradient to {', '.join(unused)}, which DDP refuses "
+            f"('Expected to have finished reduction in the prior iteration'); fix: --find-unused or --hack"
+        )
+
     # -- resume: every rank reads the same checkpoint and takes its own rooms and RNG state --
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
     found = load_latest_checkpoint(run_dir, rank) if args.resume or restarted else None
@@ -1180,14 +1188,6 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     T, N = args.num_steps, args.num_envs
     obs = torch.zeros((T, N, *env.obs_shape), dtype=next_obs.dtype, device=device)
     actions, teacher, logprobs, rewards, dones, values = (torch.zeros((T, N), device=device) for _ in range(6))
-
-    # -- fail fast, on every rank alike, when the loss leaves parameters unused and nothing handles it --
-    unused = unused_parameters(agent, next_obs, args)
-    if unused and not (args.find_unused or args.hack):
-        raise ArgError(
-            f"--loss {args.loss} gives no gradient to {', '.join(unused)}, which DDP refuses "
-            f"('Expected to have finished reduction in the prior iteration'); fix: --find-unused or --hack"
-        )
 
     # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
     model = DDP(
