@@ -220,3 +220,25 @@ def test_bad_arguments_exit_2(flags, message):
     p = python("ppo_ddp.py", *flags, timeout=60)
     assert p.returncode == 2, explain(p)
     assert message in p.stderr
+
+
+def test_muon_trains_and_checkpoint_plays_with_and_without_render(tmp_path):
+    """One process: a short run with --optimizer muon and weight clipping, then its final model played back."""
+    p = python(
+        "ppo_ddp.py",
+        *SMALL,
+        "--optimizer=muon",
+        "--clip-range=0.3",
+        "--eval-mode=none",
+        "--run-name=m",
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert p.returncode == 0, explain(p)
+    final = tmp_path / "runs/m/final_model.pt"
+    weights = torch.load(final, weights_only=False)["model"]
+    assert max(w.abs().max().item() for k, w in weights.items() if k.endswith("weight")) <= 0.3 + 1e-6
+    p = python("ppo_ddp.py", "--eval-checkpoint", str(final), "--eval-episodes=3", timeout=120)
+    assert p.returncode == 0 and "3 greedy episodes: hearts per episode" in p.stdout, explain(p)
+    p = python("ppo_ddp.py", "--eval-checkpoint", str(final), "--render", "--render-fps=10000", timeout=120)
+    assert p.returncode == 0 and "1 greedy episodes" in p.stdout and "@" in p.stdout, explain(p)
