@@ -717,14 +717,18 @@ def grpo_advantages(rewards, dones, next_done, gamma: float) -> torch.Tensor:
     return ((returns - mean[:, None].float()) / (std[:, None].float() + 1e-8)).float()
 
 
-def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) std of x joined over all ranks: one all-reduce of sum, sum of squares, count."""
-    x = x.double()
-    s = torch.stack([x.sum(), (x * x).sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
+def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch.Tensor:
+    """adv normalized with the mean and (unbiased) std of each global minibatch, i.e. every rank's k-th
+    minibatch joined: one all-reduce of per-minibatch sums for the whole epoch, not one per minibatch."""
+    x = adv.double()
+    s = torch.stack([torch.stack([x[mb].sum(), (x[mb] * x[mb]).sum(), x.new_tensor(float(len(mb)))]) for mb in mbs])
     dist.all_reduce(s)
-    mean = s[0] / s[2]
-    var = (s[1] - s[2] * mean * mean) / (s[2] - 1).clamp(min=1)
-    return mean.float(), var.clamp(min=0).sqrt().float()
+    mean = s[:, 0] / s[:, 2]
+    std = ((s[:, 1] - s[:, 2] * mean * mean) / (s[:, 2] - 1).clamp(min=1)).clamp(min=0).sqrt()
+    out = torch.empty_like(adv)
+    for k, mb in enumerate(mbs):
+        out[mb] = (adv[mb] - mean[k].float()) / (std[k].float() + 1e-8)
+    return out
 
 
 def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
@@ -753,10 +757,7 @@ def compute_loss(model: nn.Module, b: dict, mb: torch.Tensor, args: Args, coef: 
         with torch.no_grad():
             approx_kl = ((ratio - 1) - logratio).mean()
             clipfrac = ((ratio - 1.0).abs() > coef["clip_coef"]).float().mean()
-        adv = b["advantages"][mb]
-        if args.norm_adv and args.loss == "ppo":  # grpo's advantages are normalized per group already
-            mean, std = global_mean_std(adv)
-            adv = (adv - mean) / (std + 1e-8)
+        adv = b["advantages"][mb]  # ppo: normalized per global minibatch by ppo_update; grpo: per group
         clipped = ratio.clamp(1 - coef["clip_coef"], 1 + coef["clip_coef"])
         pg_loss = torch.max(-adv * ratio, -adv * clipped).mean()
     loss = pg_loss - coef["ent_coef"] * entropy
@@ -807,8 +808,12 @@ def ppo_update(
     sums = torch.zeros(6, device=b["obs"].device)  # pg, v, entropy, approx_kl, clipfrac, minibatches
     for _epoch in range(args.update_epochs):
         epoch_kl = torch.zeros(2, device=sums.device)
-        for mb in minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards):
-            loss, stats = compute_loss(model, b, mb.to(sums.device), args, coef)
+        mbs = [mb.to(sums.device) for mb in minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards)]
+        epoch_b = b
+        if args.norm_adv and args.loss == "ppo":  # grpo's advantages are normalized per group already
+            epoch_b = {**b, "advantages": normalize_per_minibatch(b["advantages"], mbs)}
+        for mb in mbs:
+            loss, stats = compute_loss(model, epoch_b, mb, args, coef)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP all-reduces the gradients here: they are identical on every rank after it

@@ -470,14 +470,18 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
     return advantages, advantages + values
 
 
-def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) std of x joined over all ranks: one all-reduce of sum, sum of squares, count."""
-    x = x.double()
-    s = torch.stack([x.sum(), (x * x).sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
+def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch.Tensor:
+    """adv normalized with the mean and (unbiased) std of each global minibatch, i.e. every rank's k-th
+    minibatch joined: one all-reduce of per-minibatch sums for the whole epoch, not one per minibatch."""
+    x = adv.double()
+    s = torch.stack([torch.stack([x[mb].sum(), (x[mb] * x[mb]).sum(), x.new_tensor(float(len(mb)))]) for mb in mbs])
     dist.all_reduce(s)
-    mean = s[0] / s[2]
-    var = (s[1] - s[2] * mean * mean) / (s[2] - 1).clamp(min=1)
-    return mean.float(), var.clamp(min=0).sqrt().float()
+    mean = s[:, 0] / s[:, 2]
+    std = ((s[:, 1] - s[:, 2] * mean * mean) / (s[:, 2] - 1).clamp(min=1)).clamp(min=0).sqrt()
+    out = torch.empty_like(adv)
+    for k, mb in enumerate(mbs):
+        out[mb] = (adv[mb] - mean[k].float()) / (std[k].float() + 1e-8)
+    return out
 
 
 def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
@@ -497,8 +501,9 @@ def ppo_update(
     sums = torch.zeros(6, device=b["obs"].device)  # pg, v, entropy, approx_kl, clipfrac, minibatches
     for _epoch in range(args.update_epochs):
         epoch_kl = torch.zeros(2, device=sums.device)
-        for mb in minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards):
-            mb = mb.to(sums.device)
+        mbs = [mb.to(sums.device) for mb in minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards)]
+        advantages = normalize_per_minibatch(b["advantages"], mbs) if args.norm_adv else b["advantages"]
+        for mb in mbs:
             with torch.autocast(sums.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
                 _, newlogprob, entropy, newvalue = model(b["obs"][mb], b["actions"][mb])
             logratio = newlogprob.float() - b["logprobs"][mb]
@@ -506,10 +511,7 @@ def ppo_update(
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - logratio).mean()
                 clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-            adv = b["advantages"][mb]
-            if args.norm_adv:
-                mean, std = global_mean_std(adv)
-                adv = (adv - mean) / (std + 1e-8)
+            adv = advantages[mb]
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
             newvalue = newvalue.float()
             if args.clip_vloss:

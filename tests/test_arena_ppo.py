@@ -153,7 +153,7 @@ def one_process_group():
 
 def test_zero_grad_once_per_minibatch_on_a_crafted_batch(one_process_group):
     """Each optimizer step sees exactly its own minibatch's gradient: nothing accumulates across minibatches."""
-    args = arena.Args(hidden_size=8, num_minibatches=2, update_epochs=1, max_grad_norm=1e9)
+    args = arena.Args(hidden_size=8, num_minibatches=2, update_epochs=1, max_grad_norm=1e9, norm_adv=False)
     torch.manual_seed(0)
     agent = arena.Agent((6,), 5, args)
     g = torch.Generator().manual_seed(1)
@@ -242,3 +242,11 @@ def test_muon_trains_and_checkpoint_plays_with_and_without_render(tmp_path):
     assert p.returncode == 0 and "3 greedy episodes: hearts per episode" in p.stdout, explain(p)
     p = python("ppo_ddp.py", "--eval-checkpoint", str(final), "--render", "--render-fps=10000", timeout=120)
     assert p.returncode == 0 and "1 greedy episodes" in p.stdout and "@" in p.stdout, explain(p)
+
+
+def test_advantages_normalized_per_minibatch_with_one_collective(one_process_group):
+    adv = torch.randn(12, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    mbs = arena.minibatches(12, 3, torch.Generator().manual_seed(1))
+    out = arena.normalize_per_minibatch(adv, mbs)
+    for mb in mbs:
+        torch.testing.assert_close(out[mb], (adv[mb] - adv[mb].mean()) / (adv[mb].std() + 1e-8))
