@@ -643,26 +643,11 @@ def play_checkpoint(args: Args) -> int:
 # ---------------------------------------------------------------------------------------------------
 # Logging on rank 0: TensorBoard, progress.csv, console table
 # ---------------------------------------------------------------------------------------------------
-METRICS = [
-    "charts/episodic_return",
-    "charts/episodic_length",
-    "charts/SPS",
-    "charts/learning_rate",
-    "losses/value_loss",
-    "losses/policy_loss",
-    "losses/entropy",
-    "losses/approx_kl",
-    "losses/clipfrac",
-    "losses/explained_variance",
-    "time/rollout_s",
-    "time/update_s",
-    "snake/apples",
-    "snake/length",
-    "snake/episodes",
-    "eval/episode_return",
-    "eval/episode_length",
-    "eval/apples",
-]
+METRICS = (
+    "charts/episodic_return charts/episodic_length charts/SPS charts/learning_rate losses/value_loss "
+    "losses/policy_loss losses/entropy losses/approx_kl losses/clipfrac losses/explained_variance time/rollout_s "
+    "time/update_s snake/apples snake/length snake/episodes eval/episode_return eval/episode_length eval/apples"
+).split()
 
 
 def open_progress(path: Path, last_update: int):
