@@ -49,8 +49,9 @@ def test_two_ranks_train_identical_weights_and_complete_run_dir(ddp_run):
     assert set(snake.METRICS) <= set(rows[0])
     assert all(float(r["losses/entropy"]) > 0 and float(r["charts/SPS"]) > 0 for r in rows)
     assert rows[1]["eval/apples"] != "" and rows[0]["eval/apples"] == ""  # eval every 2 updates
-    assert float(rows[0]["charts/learning_rate"]) == pytest.approx(1e-3)  # linear: lr * (1 - p) at p = 0
-    assert float(rows[2]["charts/learning_rate"]) == pytest.approx(1e-3 * (1 - 8192 / 12288))
+    lr = snake.Args().learning_rate  # the default schedule, linear: lr * (1 - p)
+    assert float(rows[0]["charts/learning_rate"]) == pytest.approx(lr)
+    assert float(rows[2]["charts/learning_rate"]) == pytest.approx(lr * (1 - 8192 / 12288))
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert sorted(f.name for f in (run_dir / "checkpoints").iterdir()) == [
         "update_00000001.pt",
@@ -131,7 +132,7 @@ def test_learning_rate_schedules(schedule, mid):
     assert snake.learning_rate_at(args, 0.0) == pytest.approx(1e-3)
     assert snake.learning_rate_at(args, 0.5) == pytest.approx(1e-3 * mid)
     assert snake.learning_rate_at(args, 1.0) == pytest.approx(1e-3 if schedule == "constant" else 0.0, abs=1e-12)
-    assert snake.learning_rate_at(snake.Args(lr_schedule="cosine"), 0.25) == pytest.approx(
+    assert snake.learning_rate_at(snake.Args(learning_rate=1e-3, lr_schedule="cosine"), 0.25) == pytest.approx(
         1e-3 * (1 + math.cos(math.pi / 4)) / 2
     )
 
@@ -141,6 +142,7 @@ def test_learning_beats_random_play(tmp_path):
     p = python(
         "ppo_ddp_snake.py",
         "--num-envs=256",
+        "--num-steps=64",
         "--total-timesteps=800000",
         "--learning-rate=1e-3",
         "--lr-schedule=constant",
