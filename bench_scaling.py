@@ -12,7 +12,7 @@ Every arm makes the same number of environment steps per process. A run's figure
 charts/SPS in its progress.csv (global steps/s; the first --skip updates left out); "2 independent" adds
 its two processes' medians. Ratios are taken within a round and summarized by their median and range:
 
-  DDP / 1 rank           the scaling a user gets (issue #4's target: >= 1.85)
+  DDP / 1 rank           the scaling a user gets (Snake's target: >= 1.85)
   independent / 1 rank   the scaling the machine allows
   DDP / independent      DDP's efficiency: what synchronizing costs
 
