@@ -72,6 +72,27 @@ def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path, script):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_bf16_autocast_trains_on_two_ranks_with_identical_weights(tmp_path, script):
+    """--precision bf16 (forwards under autocast, losses and weights in fp32) trains and stays in sync."""
+    args = [*SMALL, "--total-timesteps=8192", "--checkpoint-interval=0", "--precision=bf16", "--run-name=bf16"]
+    p = torchrun(script, *args, cwd=tmp_path, timeout=180)
+    assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
+    w = weights(tmp_path / "runs/bf16/final_model.pt")
+    assert all(v.dtype == torch.float32 and v.isfinite().all() for v in w.values())
+    assert all(float(r["losses/entropy"]) > 0 for r in rows(tmp_path / "runs/bf16"))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compile_trains_on_two_ranks_and_checkpoints_have_no_prefix(tmp_path, script):
+    """--compile wraps the rollout policy and the DDP model; checkpoints still hold the plain agent's keys."""
+    args = [*SMALL, "--total-timesteps=8192", "--checkpoint-interval=1", "--compile", "--run-name=c"]
+    p = torchrun(script, *args, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
+    for path in (tmp_path / "runs/c/checkpoints/update_00000002.pt", tmp_path / "runs/c/final_model.pt"):
+        keys = list(weights(path))
+        assert keys and not any(k.startswith(("module.", "_orig_mod.")) or "._orig_mod." in k for k in keys), keys
+
+
 def test_resume_continues_exactly(tmp_path, script):
     """A run stopped after update 2 (what came later dropped) and resumed with --resume ends with the same
     weights and the same progress.csv as the uninterrupted run: model, optimizer, schedules, RNG, boards."""
