@@ -20,10 +20,12 @@ its two processes' medians. Ratios are taken within a round and summarized by th
     python bench_scaling.py --script ppo_ddp.py --rounds 3    # the Arena
 """
 
+import csv
 import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,7 +52,7 @@ class Args:
     extra: str = ""
     """more flags for the training script, one string: --extra="--num-steps 64" """
     out_dir: str = "runs/bench_scaling"
-    """where the runs are written (wiped first)"""
+    """the runs go to OUT_DIR/runs/<arm>; each arm replaces only its own run directories"""
     json_out: str = ""
     """also write every figure to this JSON file"""
     timeout: float = 900.0
@@ -87,6 +89,7 @@ def launch(args: Args, arm: str, out: Path) -> list[Path]:
         jobs.append(([*torchrun, script, "--total-timesteps", str(2 * steps)], None, name))
     procs = []
     for cmd, cpu, run_name in jobs:
+        shutil.rmtree(out / "runs" / run_name, ignore_errors=True)  # the previous round's run of this arm
         pin = (lambda c=cpu: os.sched_setaffinity(0, {c})) if cpu is not None else None
         procs.append(
             subprocess.Popen(
@@ -97,29 +100,32 @@ def launch(args: Args, arm: str, out: Path) -> list[Path]:
                 stderr=subprocess.PIPE,
                 text=True,
                 preexec_fn=pin,
+                start_new_session=True,  # a process group: torchrun's workers go with it
             )
         )
     deadline = time.time() + args.timeout
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise RuntimeError(f"arm {arm!r} ran past --timeout {args.timeout:g} s") from None
-        if p.returncode:
-            raise RuntimeError(f"arm {arm!r} failed with exit {p.returncode}:\n{err[-3000:]}")
+    try:
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=max(1.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"arm {arm!r} ran past --timeout {args.timeout:g} s") from None
+            if p.returncode:
+                raise RuntimeError(f"arm {arm!r} failed with exit {p.returncode}:\n{err[-3000:]}")
+    finally:
+        for p in procs:  # on failure, the arm's other processes too
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
     return [out / "runs" / run_name for _, _, run_name in jobs]
 
 
 def median_sps(run_dir: Path, skip: int) -> float:
-    lines = (run_dir / "progress.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    col = header.index("charts/SPS")
-    rows = [line.split(",") for line in lines[1:]][skip:]
+    with open(run_dir / "progress.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[skip:]
     if not rows:
         raise RuntimeError(f"{run_dir}: no updates left after --skip {skip}; raise --steps-per-process")
-    return statistics.median(float(r[col]) for r in rows)
+    return statistics.median(float(r["charts/SPS"]) for r in rows)
 
 
 def main() -> int:
@@ -130,8 +136,7 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out_dir)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     sps = {arm: [] for arm in ARMS}
     for r in range(args.rounds):
         order = ARMS[r % 3 :] + ARMS[: r % 3]

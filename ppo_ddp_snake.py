@@ -57,7 +57,7 @@ class Args:
     """boards per rank; 0 = pick by the device (CPU: 256 per thread; GPU: 4096 per GiB, at most 65536)"""
     num_steps: int = 128
     """steps per board per rollout (per rank batch = num_envs * num_steps); long rollouts keep the 8
-    gradient all-reduces per update small next to the work (64 scaled 2 ranks to ~1.75x, 128 to ~1.9x)"""
+    gradient all-reduces per update small next to the work (2 CPU ranks: 1.75x one with 64, ~1.85x with 128)"""
     num_minibatches: int = 4
     """minibatches per epoch; each rank's batch is split the same way, a global minibatch spans all ranks"""
     update_epochs: int = 2

@@ -1,5 +1,6 @@
 """One place that starts subprocesses for every test: always with a timeout and one thread per rank."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -59,6 +60,12 @@ def torchrun(
         *args,
     ]
     return run(cmd, timeout=timeout, cwd=cwd, **env)
+
+
+def progress(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's progress.csv."""
+    with open(run_dir / "progress.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def explain(p: subprocess.CompletedProcess) -> str:

@@ -1,14 +1,13 @@
 """ppo_ddp.py: each loss under torchrun with 2 gloo processes, the unused-parameter guard, schedules, the
 policy's config, optimizers, evaluation modes, and the guards against silent regressions (seed 004)."""
 
-import csv
 import json
 import math
 
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import explain, python, torchrun
+from helpers import explain, progress, python, torchrun
 
 import ppo_ddp as arena
 
@@ -24,11 +23,6 @@ SMALL = [
     "--eval-interval=2",
     "--eval-episodes=4",
 ]
-
-
-def progress(run_dir):
-    with open(run_dir / "progress.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize("loss", ["ppo", "grpo", "action_supervised"])

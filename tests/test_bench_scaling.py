@@ -1,10 +1,9 @@
 """bench_scaling.py: one short round of every arm on tiny Snake runs; the figures' structure, never speed."""
 
-import csv
 import json
 
 import pytest
-from helpers import explain, python
+from helpers import explain, progress, python
 
 TINY = "--num-envs 64 --num-steps 32 --hidden-size 32"
 
@@ -37,8 +36,7 @@ def test_one_round_runs_every_arm_and_reports_consistent_ratios(tmp_path):
         config = json.loads((out / "runs" / run / "config.json").read_text())
         assert (config["world_size"], config["seed"], config["total_timesteps"]) == (world_size, seed, steps), run
         assert (config["num_envs"], config["num_steps"], config["hidden_size"]) == (64, 32, 32), run
-        with open(out / "runs" / run / "progress.csv", newline="") as f:
-            assert len(list(csv.DictReader(f))) == 8, run
+        assert len(progress(out / "runs" / run)) == 8, run
     assert "DDP / 1 rank" in p.stdout and "2 independent" in p.stdout
 
 

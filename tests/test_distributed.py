@@ -1,7 +1,6 @@
 """The distributed path of both PPO scripts, proven: DDP equals one process, determinism, elastic restart,
 failures that end the job instead of hanging it, several nodes, and bad checkpoints."""
 
-import csv
 import os
 import shutil
 import signal
@@ -11,7 +10,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, explain, finish, python, run, start, torchrun, torchrun_cmd, workers
+from helpers import ROOT, explain, finish, progress, python, run, start, torchrun, torchrun_cmd, workers
 
 # 64 boards x 32 steps x 2 ranks = 4096 steps per update.
 SMALL = [
@@ -28,11 +27,6 @@ SMALL = [
 @pytest.fixture(params=["ppo_ddp_snake.py", "ppo_ddp.py"])
 def script(request):
     return request.param
-
-
-def rows(run_dir):
-    with open(run_dir / "progress.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def weights(path):
@@ -79,7 +73,7 @@ def test_bf16_autocast_trains_on_two_ranks_with_identical_weights(tmp_path, scri
     assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
     w = weights(tmp_path / "runs/bf16/final_model.pt")
     assert all(v.dtype == torch.float32 and v.isfinite().all() for v in w.values())
-    assert all(float(r["losses/entropy"]) > 0 for r in rows(tmp_path / "runs/bf16"))
+    assert all(float(r["losses/entropy"]) > 0 for r in progress(tmp_path / "runs/bf16"))
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
@@ -106,7 +100,7 @@ def test_resume_continues_exactly(tmp_path, script):
     p = torchrun(script, *args, "--run-name=cut", "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
     assert "resumed from runs/cut/checkpoints/update_00000002.pt at update 2, global_step 8,192" in p.stdout
-    a, b = rows(full), rows(cut)
+    a, b = progress(full), progress(cut)
     assert [r["update"] for r in b] == ["1", "2", "3"]  # no gap, no duplicate
     clock = {"charts/SPS", "time/rollout_s", "time/update_s"}  # wall-clock columns differ
     for ra, rb in zip(a, b, strict=True):
@@ -127,16 +121,16 @@ def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path, script):
         launcher_args=("--standalone", "--max-restarts=1"),
     )
     proc = start(cmd, cwd=tmp_path)
-    progress = lambda: list((tmp_path / "runs").glob("*/progress.csv"))  # noqa: E731
-    assert wait_for(lambda: progress() and len(rows(progress()[0].parent)) >= 7, 120, proc), finish(proc, 5)
+    csv_files = lambda: list((tmp_path / "runs").glob("*/progress.csv"))  # noqa: E731
+    assert wait_for(lambda: csv_files() and len(progress(csv_files()[0].parent)) >= 7, 120, proc), finish(proc, 5)
     victims = workers(proc.pid, script)
     assert len(victims) == 2, victims
     os.kill(victims[1], signal.SIGKILL)
     p = finish(proc, 240)
     assert p.returncode == 0, explain(p)
-    (run_dir,) = [d.parent for d in progress()]  # one run directory, before and after the restart
+    (run_dir,) = [d.parent for d in csv_files()]  # one run directory, before and after the restart
     assert "resumed from" in p.stdout, explain(p)
-    r = rows(run_dir)
+    r = progress(run_dir)
     assert [int(x["update"]) for x in r] == list(range(1, total_updates + 1))  # no gap, no duplicate
     assert int(r[-1]["global_step"]) == 4096 * total_updates
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
@@ -184,7 +178,7 @@ def test_two_nodes_train_one_model(tmp_path, script):
     assert "parameters identical on all 2 ranks after 3 updates" in out
     assert "world size 2" in out
     written = [d for d in dirs if (d / "runs/n/final_model.pt").exists()]
-    assert len(written) == 1 and len(rows(written[0] / "runs/n")) == 3  # rank 0's node alone writes
+    assert len(written) == 1 and len(progress(written[0] / "runs/n")) == 3  # rank 0's node alone writes
 
 
 def test_nan_loss_stops_every_rank(tmp_path, script):
@@ -208,7 +202,7 @@ def test_corrupt_checkpoint(tmp_path, script):
     assert p.returncode == 0, explain(p)
     assert "falling back to the previous checkpoint" in p.stderr
     assert "resumed from runs/k/checkpoints/update_00000002.pt" in p.stdout
-    assert [int(r["update"]) for r in rows(tmp_path / "runs/k")] == [1, 2, 3]
+    assert [int(r["update"]) for r in progress(tmp_path / "runs/k")] == [1, 2, 3]
 
 
 def test_resume_with_changed_schedule_is_refused(tmp_path, script):

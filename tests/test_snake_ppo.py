@@ -1,12 +1,11 @@
 """ppo_ddp_snake.py end to end: real torchrun jobs with 2 gloo processes, and the functions they train with."""
 
-import csv
 import json
 import math
 
 import pytest
 import torch
-from helpers import explain, python, torchrun
+from helpers import explain, progress, python, torchrun
 
 import ppo_ddp_snake as snake
 
@@ -22,11 +21,6 @@ SMALL = [
     "--eval-episodes=4",
     "--print-interval=0",
 ]
-
-
-def progress(run_dir):
-    with open(run_dir / "progress.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
