@@ -76,7 +76,7 @@ def launch(args: Args, arm: str, out: Path) -> list[Path]:
     """Start one arm, wait for it, return the run directories whose progress.csv hold its figures."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    flags = ["--eval-interval", "0", "--checkpoint-interval", "0", "--print-interval", "1e9"]
+    flags = ["--no-cuda", "--eval-interval", "0", "--checkpoint-interval", "0", "--print-interval", "1e9"]
     script, steps, name = str(ROOT / args.script), args.steps_per_process, arm.replace(" ", "_")
     jobs = []  # (command, CPU to pin it to or None, run name)
     if arm == "1 rank":

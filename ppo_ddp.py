@@ -19,6 +19,7 @@ import math
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,7 +64,9 @@ class Args:
     total_timesteps: int = 40_000_000
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
-    """rooms per rank; 0 = pick by the device (CPU: 256 per thread; GPU: 4096 per GiB, at most 65536)"""
+    """rooms per rank; 0 = auto: the most (a power of two) that the smallest device of all ranks holds (CPU: 256
+    per thread; GPU: 4096 per GiB, at most 65536) and that still leaves at least 100 updates (the default run on
+    1 GPU: 4096 rooms, 152 updates; on 4 GPUs: 1024 per rank, 152 updates; on 2 CPU ranks: 256, 1220 updates)"""
     num_steps: int = 64
     """steps per room per rollout (per-rank batch = num_envs * num_steps)"""
     num_minibatches: int = 4
@@ -161,6 +164,9 @@ class Args:
     """add 0.0 * value.sum() to losses that ignore the critic, so every parameter gets a (zero) gradient"""
     static_graph: bool = False
     """DDP(static_graph=True); not a fix on its own for an unused critic (see README)"""
+    pin_cpus: bool = True
+    """on CPU, each local rank keeps to its own disjoint share of the CPUs the launcher allows
+    (--no-pin-cpus: the OS places the ranks)"""
     dist_timeout: float = 600.0
     """seconds any collective may wait (e.g. for rank 0's evaluation) before the job fails"""
 
@@ -544,7 +550,7 @@ class Agent(nn.Module):
         x = obs.float()  # 0/1 planes, then ore, batteries (0 or 1 at the default caps) and hearts held
         hidden = self.trunk(torch.cat([x[:, :-1], x[:, -1:].clamp(max=10) / 10], 1))  # hearts say little: squash
         logits = self.actor(hidden)
-        probs = Categorical(logits=logits, validate_args=False)  # NaNs are caught by the update's check
+        probs = Categorical(logits=logits.float(), validate_args=False)  # fp32 under autocast; NaNs: see update
         if action is None:
             action = logits.argmax(-1) if greedy else probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1)
@@ -573,19 +579,13 @@ def make_optimizer(agent: Agent, args: Args) -> list[torch.optim.Optimizer]:
 # ---------------------------------------------------------------------------------------------------
 # Helpers: sizes, schedules, advantages, the losses and the update, checkpoints (tests call these)
 # ---------------------------------------------------------------------------------------------------
-def default_num_envs(device: torch.device) -> int:
-    """Rooms per rank for --num-envs 0: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
-    if device.type == "cuda":
-        gib = torch.cuda.get_device_properties(device).total_memory / 2**30
-        return int(min(65536, 4096 * max(1, int(gib))))
-    return 256 * torch.get_num_threads()
-
-
 def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
     """Batch sizes and update count; raises ArgError on anything that cannot train. Pure: every rank
-    computes the same verdict from the same arguments, so no rank is left waiting in a collective."""
+    computes the same verdict from the same arguments, so no rank is left waiting in a collective.
+    With --num-envs 0 it checks the rest and returns {}: the sizes wait for agree_num_envs."""
+    if args.num_envs < 0:
+        raise ArgError(f"--num-envs must be positive (or 0 = auto), got {args.num_envs}")
     positive = (
-        "num_envs",
         "num_steps",
         "num_minibatches",
         "update_epochs",
@@ -600,16 +600,6 @@ def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
     for name in positive:
         if getattr(args, name) <= 0:
             raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    batch = args.num_envs * args.num_steps
-    if batch % args.num_minibatches:
-        raise ArgError(
-            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
-        )
-    if args.total_timesteps < batch * world_size:
-        raise ArgError(
-            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
-            f"({args.num_envs} rooms x {args.num_steps} steps x {world_size} ranks)"
-        )
     if args.num_mines + args.num_generators + args.num_altars + 1 > args.room_size**2:
         raise ArgError(f"the objects and the agent do not fit in a {args.room_size}x{args.room_size} room")
     for name, (kind, final) in SCHEDULED.items():
@@ -643,6 +633,18 @@ def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
     for ok, message in checks:
         if not ok:
             raise ArgError(message)
+    if args.num_envs == 0:
+        return {}
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise ArgError(
+            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
+        )
+    if args.total_timesteps < batch * world_size:
+        raise ArgError(
+            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
+            f"({args.num_envs} rooms x {args.num_steps} steps x {world_size} ranks)"
+        )
     return {
         "world_size": world_size,
         "batch_size_per_rank": batch,
@@ -732,11 +734,11 @@ def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch
 
 
 def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
-    """One epoch's minibatch indices into a batch of n. Every rank draws the same permutation (same
-    generator) of its own batch, so global minibatch k is the union of the ranks' k-th minibatches.
-    shards=S replays that in one process on S ranks' batches joined (the equivalence test)."""
+    """One epoch's minibatch indices into a batch of n, on the generator's device (no host copy). Every rank
+    draws the same permutation (a generator seeded alike) of its own batch, so global minibatch k is the union
+    of the ranks' k-th minibatches. shards=S replays that in one process on S ranks' batches joined (tests)."""
     per_shard = n // shards
-    perm, size = torch.randperm(per_shard, generator=gen), per_shard // num_minibatches
+    perm, size = torch.randperm(per_shard, generator=gen, device=gen.device), per_shard // num_minibatches
     return [torch.cat([perm[i : i + size] + s * per_shard for s in range(shards)]) for i in range(0, per_shard, size)]
 
 
@@ -808,7 +810,7 @@ def ppo_update(
     sums = torch.zeros(6, device=b["obs"].device)  # pg, v, entropy, approx_kl, clipfrac, minibatches
     for _epoch in range(args.update_epochs):
         epoch_kl = torch.zeros(2, device=sums.device)
-        mbs = [mb.to(sums.device) for mb in minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards)]
+        mbs = minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards)
         epoch_b = b
         if args.norm_adv and args.loss == "ppo":  # grpo's advantages are normalized per group already
             epoch_b = {**b, "advantages": normalize_per_minibatch(b["advantages"], mbs)}
@@ -851,19 +853,27 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def rng_state() -> dict:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def rng_state(device: torch.device) -> dict:
+    """This rank's random state: CPU generators and, on a GPU, its own device's (not every visible GPU's)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -888,25 +898,124 @@ RESUME_MUST_MATCH = (
 )
 
 
-def load_latest_checkpoint(run_dir: Path, rank: int) -> tuple[Path, dict] | None:
+def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
     for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
         try:
             return path, load_checkpoint(path)
         except ArgError as e:
-            if rank == 0:
-                print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
     return None
 
 
+# ---------------------------------------------------------------------------------------------------
+# What the ranks agree on: CPU shares, sizes, the run directory, checkpoints, weights. Rank 0 alone touches
+# the run directory and the others receive its verdict. Every collective gets tensors on the training device
+# (one backend, NCCL on GPUs, which takes nothing else); object collectives move their bytes there themselves.
+# ---------------------------------------------------------------------------------------------------
+AUTO_MIN_UPDATES = 100  # --num-envs 0 picks no more envs than leave this many updates
+FEW_UPDATES = 10  # a run with fewer updates than this cannot learn much: the start-up warns
+
+
+def cpu_share(allowed: list[int], local_rank: int, local_world: int) -> list[int]:
+    """This local rank's CPUs: an equal, disjoint, contiguous slice of those the launcher allows (one CPU,
+    shared round-robin, when there are fewer CPUs than local ranks)."""
+    if len(allowed) < local_world:
+        return [allowed[local_rank % len(allowed)]]
+    per = len(allowed) // local_world
+    return allowed[local_rank * per : (local_rank + 1) * per]
+
+
+def place_on_cpus(pin: bool, local_rank: int, local_world: int) -> list[int]:
+    """Pin this process to its share of the allowed CPUs (if `pin` and the OS can) and give torch as many
+    threads as a share holds, unless OMP_NUM_THREADS says otherwise. Returns the CPUs it runs on."""
+    can_pin = hasattr(os, "sched_setaffinity")
+    allowed = sorted(os.sched_getaffinity(0)) if can_pin else list(range(os.cpu_count() or 1))
+    cpus = cpu_share(allowed, local_rank, local_world) if pin and can_pin else allowed
+    if cpus != allowed:
+        os.sched_setaffinity(0, cpus)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, len(allowed) // local_world))
+    return cpus
+
+
+def device_num_envs(device: torch.device) -> int:
+    """How many envs this rank's hardware holds: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
+    if device.type == "cuda":
+        gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return int(min(65536, 4096 * max(1, int(gib))))
+    return 256 * torch.get_num_threads()
+
+
+def auto_num_envs(cap: int, args: Args, world_size: int) -> int:
+    """--num-envs 0: the largest power of two <= cap that leaves at least AUTO_MIN_UPDATES updates (>= 1)."""
+    fit = args.total_timesteps // (args.num_steps * world_size * AUTO_MIN_UPDATES)
+    return 1 << (max(1, min(cap, fit)).bit_length() - 1)
+
+
+def agree_num_envs(args: Args, device: torch.device, world_size: int) -> int:
+    """--num-envs, or for 0 the auto choice for the smallest device of all ranks: a collective every rank
+    reaches, so all get the same batch sizes, update count and env ids whatever their own hardware."""
+    cap = torch.tensor([device_num_envs(device)], device=device)
+    dist.all_reduce(cap, op=dist.ReduceOp.MIN)
+    return args.num_envs or auto_num_envs(int(cap.item()), args, world_size)
+
+
+def gather_to_rank0(obj, rank: int, world_size: int) -> list | None:
+    """Every rank's `obj`, as a list indexed by rank, on rank 0 alone (None elsewhere)."""
+    everyone = [None] * world_size if rank == 0 else None
+    dist.gather_object(obj, everyone, dst=0)
+    return everyone
+
+
+PER_RANK = ("env", "rng", "next_obs", "next_done")  # a checkpoint holds these as lists indexed by rank
+
+
 def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
-    """Gather every rank's own state (rooms, RNG) to rank 0, which writes it beside the shared state (model,
-    optimizer, counters) as one file, atomically. Key k of per_rank becomes a list indexed by rank."""
-    everyone = [None] * world_size
-    dist.all_gather_object(everyone, to_cpu(per_rank))
+    """Rank 0 writes the shared state (model, optimizer, counters) and every rank's own state (the keys of
+    PER_RANK, gathered to rank 0 alone) as one file, atomically. Key k becomes a list indexed by rank."""
+    everyone = gather_to_rank0(to_cpu(per_rank), rank, world_size)
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({**shared, **{k: [r[k] for r in everyone] for k in per_rank}}, path)
+        atomic_save({**shared, **{k: [r[k] for r in everyone] for k in PER_RANK}}, path)
+
+
+def restore_checkpoint(run_dir: Path, args: Args, rank: int, world_size: int) -> dict | None:
+    """What this rank resumes from: None for a fresh run, else the shared state and this rank's own part.
+    Rank 0 alone reads the run directory and decides; the others receive its verdict (the same error on every
+    rank) and their part, so no rank acts on its own disk."""
+    verdict, parts = [None], None
+    if rank == 0:
+        verdict[0], parts = read_run_dir(run_dir, args, world_size)
+    dist.broadcast_object_list(verdict, src=0)
+    if isinstance(verdict[0], str):
+        raise ArgError(verdict[0])
+    if verdict[0] is None:
+        return None
+    mine = [None]
+    dist.scatter_object_list(mine, parts, src=0)
+    return {**verdict[0], **mine[0]}
+
+
+def read_run_dir(run_dir: Path, args: Args, world_size: int) -> tuple[dict | str | None, list | None]:
+    """Rank 0's half of restore_checkpoint: (shared state, parts by rank), (error, None) or (None, None) = fresh.
+    A run already there is continued only with --resume or after a torchrun restart, from its newest usable
+    checkpoint, and only with the same world size and RESUME_MUST_MATCH."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
+    if not (args.resume or restarted):
+        if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
+            return f"{run_dir} already holds a run: continue it with --resume, or choose another --run-name", None
+        return None, None
+    found = load_latest_checkpoint(run_dir)
+    if found is None:
+        return (f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}" if args.resume else None), None
+    path, ckpt = found
+    saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
+    for k in ("world_size", *RESUME_MUST_MATCH):
+        if saved[k] != (world_size if k == "world_size" else getattr(args, k)):
+            return f"{path} was written with {k}={saved[k]}; resume with the same value", None
+    shared = {k: v for k, v in ckpt.items() if k not in PER_RANK}
+    return {**shared, "path": str(path)}, [{k: ckpt[k][r] for k in PER_RANK} for r in range(world_size)]
 
 
 def to_cpu(x):
@@ -917,14 +1026,24 @@ def to_cpu(x):
 
 
 def check_identical(agent: nn.Module, when: str) -> None:
-    """All ranks hold the same weights: compare the min and max over ranks of a float64 checksum."""
-    flat = torch.cat([p.detach().double().flatten() for p in agent.parameters()])
-    s = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()])
-    lo, hi = s.clone(), s.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    if not torch.equal(lo, hi):
-        raise RuntimeError(f"parameters differ across ranks {when}: checksums {lo.tolist()} vs {hi.tolist()}")
+    """All ranks hold bit-identical weights: rank 0's raw bytes are broadcast and compared exactly (a float
+    checksum would depend on each rank's thread count). Names the ranks that differ."""
+    raw = torch.cat([p.detach().reshape(-1).view(torch.uint8) for p in agent.parameters()])
+    ref = raw.clone()
+    dist.broadcast(ref, 0)
+    differ = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=raw.device)
+    differ[dist.get_rank()] = int(not torch.equal(raw, ref))
+    dist.all_reduce(differ)
+    if differ.any():
+        ranks = differ.nonzero().flatten().tolist()
+        raise RuntimeError(f"parameters differ across ranks {when}: rank(s) {ranks} differ from rank 0")
+
+
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once the device has done its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -970,19 +1089,25 @@ def play(args: Args) -> int:
         f"{episodes} {name} episodes: hearts per episode {stats['eval/hearts']:.2f}, "
         f"return {stats['eval/episode_return']:.2f}"
     )
-    if args.eval_json:
-        Path(args.eval_json).write_text(json.dumps(stats))
+    if args.eval_json:  # an async evaluation: rank 0 reads this file once this process has ended
+        fault = os.environ.get("PPO_DDP_FAULT", "")  # test seam: eval-crash, eval-hang, eval-slow
+        if fault == "eval-crash":
+            raise RuntimeError("injected fault in the evaluation process")
+        time.sleep({"eval-hang": 3600, "eval-slow": 3}.get(fault, 0))
+        atomic_write_text(Path(args.eval_json), json.dumps(stats))
     return 0
 
 
-def start_async_eval(agent: Agent, meta: dict, run_dir: Path, update: int, global_step: int, args: Args):
-    """Snapshot the policy and evaluate it in a separate process; its JSON lands in run_dir/eval/."""
+def start_async_eval(agent: Agent, meta: dict, run_dir: Path, update: int, global_step: int, args: Args) -> dict:
+    """Snapshot the policy and evaluate it in a separate process (its output goes to a .log in run_dir/eval/);
+    collect_async_evals reads its JSON once the process has ended."""
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     snapshot = eval_dir / f"policy_{update:08d}.pt"
     atomic_save({"model": agent.state_dict(), **meta}, snapshot)
     out = eval_dir / f"update_{update:08d}_step_{global_step}.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("TORCHELASTIC")}
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -993,20 +1118,38 @@ def start_async_eval(agent: Agent, meta: dict, run_dir: Path, update: int, globa
         f"--eval-episodes={args.eval_episodes}",
         f"--seed={args.seed}",
     ]
-    return subprocess.Popen(cmd, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:  # the child keeps its own handle
+        proc = subprocess.Popen(cmd, env={**env, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT)
+    return {"proc": proc, "json": out, "log": log, "step": global_step}
 
 
-def collect_async_evals(run_dir: Path, logged: set, writer) -> dict[str, float]:
-    """Results of finished separate evaluations not logged yet: into TensorBoard at their own step, and
-    returned for this update's progress.csv row (the newest, if several arrived)."""
-    latest = {}
-    for path in sorted((run_dir / "eval").glob("update_*_step_*.json")):
-        if path.name not in logged:
-            logged.add(path.name)
-            stats, step = json.loads(path.read_text()), int(path.stem.split("_step_")[1])
-            for k, v in stats.items():
-                writer.add_scalar(k, v, step)
-            latest = stats
+def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[str, float]:
+    """Results of the separate evaluations that have ended, oldest first: into TensorBoard at their own step,
+    and the newest returned for this update's progress.csv row. With wait > 0 (the last update) those still
+    running get `wait` seconds in all, then are killed. A failed, killed or unreadable one is reported on
+    stderr and dropped: an evaluation never takes the training down."""
+    deadline, latest = time.monotonic() + wait, {}
+    for ev in list(evals):
+        if wait:
+            try:
+                ev["proc"].wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                ev["proc"].kill()
+                ev["proc"].wait()
+        if ev["proc"].poll() is None:
+            continue
+        evals.remove(ev)
+        try:
+            if ev["proc"].returncode != 0:
+                raise RuntimeError(f"exit code {ev['proc'].returncode}")
+            stats = json.loads(ev["json"].read_text())
+        except (OSError, ValueError, RuntimeError) as e:
+            print(f"warning: the evaluation at step {ev['step']} failed ({e}); see {ev['log']}", file=sys.stderr)
+            continue
+        for k, v in stats.items():
+            writer.add_scalar(k, v, ev["step"])
+        latest = stats
     return latest
 
 
@@ -1073,20 +1216,23 @@ def main() -> int:
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     use_cuda = args.cuda and torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    if args.num_envs == 0:
-        args.num_envs = default_num_envs(device)
+    cpus = place_on_cpus(args.pin_cpus and not use_cuda, local_rank, local_world)
     try:
-        sizes = derived_sizes(args, world_size)
+        derived_sizes(args, world_size)  # every check that needs no agreed size, before anything heavy
+        if use_cuda and local_world > torch.cuda.device_count():
+            raise ArgError(
+                f"{local_world} processes on this node but {torch.cuda.device_count()} GPU(s): one GPU per process "
+                f"(--nproc-per-node={torch.cuda.device_count()}), or --no-cuda"
+            )
         if args.eval_checkpoint or args.baseline:
             return play(args)
     except ArgError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.bench_env:
-        sps = bench_env(make_env(args, args.num_envs, device, args.seed), steps=500)
-        print(f"{args.num_envs} rooms on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
+        num_envs = args.num_envs or device_num_envs(device)
+        sps = bench_env(make_env(args, num_envs, device, args.seed), steps=500)
+        print(f"{num_envs} rooms on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
 
     # -- DDP set-up: every rank reaches every collective below in the same order --
@@ -1103,7 +1249,9 @@ def main() -> int:
         device_id=device if use_cuda else None,
     )
     try:
-        code = train(args, sizes, rank, world_size, device)
+        args.num_envs = agree_num_envs(args, device, world_size)
+        sizes = derived_sizes(args, world_size)  # the same verdict on every rank: the sizes are agreed
+        code = train(args, sizes, rank, world_size, device, cpus)
         dist.barrier()  # a successful run ends together
         return code
     except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
@@ -1137,10 +1285,10 @@ def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Sto
     return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device) -> int:
+def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device, cpus: list[int]) -> int:
     if not args.run_name:
         launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        stamp = torch.tensor([int(time.time())])
+        stamp = torch.tensor([int(time.time())], device=device)
         dist.broadcast(stamp, 0)  # one name for all ranks
         run_id = launch[:8] if launch != "none" else stamp.item()
         args.run_name = f"{args.exp_name}__{args.loss}__{args.seed}__{run_id}"
@@ -1154,7 +1302,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     agent = Agent(env.obs_shape, env.n_actions, args).to(device)
     torch.manual_seed(args.seed + rank)  # action sampling differs per rank
     optimizers = make_optimizer(agent, args)
-    minibatch_gen = torch.Generator().manual_seed(args.seed)  # the same permutations on every rank
+    minibatch_gen = torch.Generator(device).manual_seed(args.seed)  # the same permutations on every rank
     meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
     start_update, global_step, next_obs = 1, 0, env.reset()
     next_done = torch.zeros(args.num_envs, device=device)
@@ -1167,27 +1315,19 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             f"('Expected to have finished reduction in the prior iteration'); fix: --find-unused or --hack"
         )
 
-    # -- resume: every rank reads the same checkpoint and takes its own rooms and RNG state --
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
-    found = load_latest_checkpoint(run_dir, rank) if args.resume or restarted else None
-    if found:
-        checkpoint, ckpt = found
-        saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
-        for k in ("world_size", *RESUME_MUST_MATCH):
-            if saved[k] != (world_size if k == "world_size" else getattr(args, k)):
-                raise ArgError(f"{checkpoint} was written with {k}={saved[k]}; resume with the same value")
-        agent.load_state_dict(ckpt["model"])
-        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
-            opt.load_state_dict(state)
-        env.load_state_dict(ckpt["env"][rank])
-        set_rng_state(ckpt["rng"][rank])
-        minibatch_gen.set_state(ckpt["minibatch_rng"])
-        start_update, global_step = ckpt["update"] + 1, ckpt["global_step"]
-        next_obs, next_done = ckpt["next_obs"][rank].to(device), ckpt["next_done"][rank].to(device)
+    # -- resume: rank 0 reads the run directory; every rank gets the shared state and its own rooms and RNG --
+    state = restore_checkpoint(run_dir, args, rank, world_size)
+    if state:
+        agent.load_state_dict(state["model"])
+        for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        env.load_state_dict(state["env"])
+        set_rng_state(state["rng"], device)
+        minibatch_gen.set_state(state["minibatch_rng"])
+        start_update, global_step = state["update"] + 1, state["global_step"]
+        next_obs, next_done = state["next_obs"].to(device), state["next_done"].to(device)
         if rank == 0:
-            print(f"resumed from {checkpoint} at update {ckpt['update']}, global_step {global_step:,}")
-    elif args.resume:
-        raise ArgError(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}")
+            print(f"resumed from {state['path']} at update {state['update']}, global_step {global_step:,}")
 
     # -- rollout storage, on the device --
     T, N = args.num_steps, args.num_envs
@@ -1206,16 +1346,18 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     if args.compile:
         model = torch.compile(model)
 
+    placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus, "threads": torch.get_num_threads()}
+    ranks = gather_to_rank0(placement, rank, world_size)
     writer = csv_file = csv_writer = None
-    evals, logged_evals = [], set()
+    evals = []  # separate evaluations still running (--eval-mode async)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device)}
+        config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device), "ranks": ranks}
         if args.track:  # imported only when asked for
             import wandb
 
             wandb.init(project=args.wandb_project_name, name=args.run_name, config=config, sync_tensorboard=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
         writer = SummaryWriter(str(run_dir))
         writer.add_text(
             "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
@@ -1226,6 +1368,12 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             f"rank, batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
             f"{sizes['num_updates']} updates; unused parameters: {', '.join(unused) or 'none'}"
         )
+        if sizes["num_updates"] < FEW_UPDATES:
+            print(
+                f"warning: only {sizes['num_updates']} updates: PPO learns little in so few; raise --total-timesteps "
+                "or lower --num-envs",
+                file=sys.stderr,
+            )
 
     last_print = time.time()
     for update in range(start_update, sizes["num_updates"] + 1):
@@ -1237,7 +1385,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             raise RuntimeError(f"injected fault on rank {rank} at update {update}")
 
         # -- rollout: the plain module, no gradients; episode statistics stay on the device --
-        t0 = time.perf_counter()
+        t0 = clock(device)
         ep = torch.zeros(1 + len(EPISODE_KEYS), device=device)  # episodes, then the sums of EPISODE_KEYS
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
             for step in range(T):
@@ -1270,9 +1418,9 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             values=values,
         )
         b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
-        t1 = time.perf_counter()
+        t1 = clock(device)
         losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen)
-        t2 = time.perf_counter()
+        t2 = clock(device)
 
         # -- statistics of all ranks, one collective: rank 0 logs them --
         var_y = b["returns"].var()
@@ -1290,11 +1438,9 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             else:
                 evals.append(start_async_eval(agent, meta, run_dir, update, global_step, args))
         if rank == 0:
-            if args.eval_mode == "async":
-                if update == sizes["num_updates"]:  # the last row waits for the evaluations still running
-                    for p in evals:
-                        p.wait(timeout=args.dist_timeout)
-                eval_stats = collect_async_evals(run_dir, logged_evals, writer) or eval_stats
+            if args.eval_mode == "async":  # the last row waits for those still running, within the others' patience
+                wait = args.dist_timeout / 2 if update == sizes["num_updates"] else 0.0
+                eval_stats = collect_async_evals(evals, writer, wait) or eval_stats
             total = stats[:, : 1 + len(EPISODE_KEYS)].sum(0)
             episode_means = {}  # empty when no room finished an episode in this rollout
             if total[0] > 0:
@@ -1340,7 +1486,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
                 "minibatch_rng": minibatch_gen.get_state(),
                 **meta,
             }
-            per_rank = {"env": env.state_dict(), "rng": rng_state(), "next_obs": next_obs, "next_done": next_done}
+            per_rank = {"env": env.state_dict(), "rng": rng_state(device), "next_obs": next_obs, "next_done": next_done}
             save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, per_rank, rank, world_size)
 
     check_identical(agent, "at the end")

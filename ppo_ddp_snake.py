@@ -16,6 +16,7 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -54,7 +55,9 @@ class Args:
     total_timesteps: int = 40_000_000
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
-    """boards per rank; 0 = pick by the device (CPU: 256 per thread; GPU: 4096 per GiB, at most 65536)"""
+    """boards per rank; 0 = auto: the most (a power of two) that the smallest device of all ranks holds (CPU: 256
+    per thread; GPU: 4096 per GiB, at most 65536) and that still leaves at least 100 updates (the default run on
+    1 GPU: 2048 boards, 152 updates; on 4 GPUs: 512 per rank, 152 updates; on 2 CPU ranks: 256, 610 updates)"""
     num_steps: int = 128
     """steps per board per rollout (per rank batch = num_envs * num_steps); long rollouts keep the 8
     gradient all-reduces per update small next to the work (2 CPU ranks: 1.75x one with 64, ~1.85x with 128)"""
@@ -102,6 +105,9 @@ class Args:
     """DDP(find_unused_parameters=True); every output is used here, so it only costs a graph traversal"""
     static_graph: bool = False
     """DDP(static_graph=True)"""
+    pin_cpus: bool = True
+    """on CPU, each local rank keeps to its own disjoint share of the CPUs the launcher allows
+    (--no-pin-cpus: the OS places the ranks)"""
     dist_timeout: float = 600.0
     """seconds any collective may wait (e.g. for rank 0's evaluation) before the job fails"""
 
@@ -389,7 +395,7 @@ class Agent(nn.Module):
         """(action, log-prob, entropy, value); samples an action unless one is given."""
         hidden = self.trunk(obs.flatten(1).float() / 255.0)  # uint8 channels span [0, 255]
         logits = self.actor(hidden)
-        probs = Categorical(logits=logits, validate_args=False)  # NaNs are caught by the update's check
+        probs = Categorical(logits=logits.float(), validate_args=False)  # fp32 under autocast; NaNs: see update
         if action is None:
             action = logits.argmax(-1) if greedy else probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1)
@@ -398,34 +404,18 @@ class Agent(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # Helpers: sizes, schedules, GAE, the PPO update, checkpoints (the tests call these very functions)
 # ---------------------------------------------------------------------------------------------------
-def default_num_envs(device: torch.device) -> int:
-    """Boards per rank for --num-envs 0: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
-    if device.type == "cuda":
-        gib = torch.cuda.get_device_properties(device).total_memory / 2**30
-        return int(min(65536, 4096 * max(1, int(gib))))
-    return 256 * torch.get_num_threads()
-
-
 def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
     """Batch sizes and update count; raises ArgError on anything that cannot train. Pure: every rank
-    computes the same verdict from the same arguments, so no rank is left waiting in a collective."""
-    positive = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "board_size")
+    computes the same verdict from the same arguments, so no rank is left waiting in a collective.
+    With --num-envs 0 it checks the rest and returns {}: the sizes wait for agree_num_envs."""
+    if args.num_envs < 0:
+        raise ArgError(f"--num-envs must be positive (or 0 = auto), got {args.num_envs}")
+    positive = ("num_steps", "num_minibatches", "update_epochs", "total_timesteps", "board_size")
     for name in positive:
         if getattr(args, name) <= 0:
             raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 3 <= args.board_size <= 15:
         raise ArgError(f"--board-size must be in [3, 15] (a snake of 3 fits; life fits uint8), got {args.board_size}")
-    batch = args.num_envs * args.num_steps
-    if batch % args.num_minibatches:
-        raise ArgError(
-            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
-        )
-    global_batch = batch * world_size
-    if args.total_timesteps < global_batch:
-        raise ArgError(
-            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
-            f"({args.num_envs} boards x {args.num_steps} steps x {world_size} ranks = {global_batch})"
-        )
     checks = [
         (args.learning_rate > 0, "--learning-rate must be positive"),
         (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must be in [0, 1]"),
@@ -441,6 +431,19 @@ def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
     for ok, message in checks:
         if not ok:
             raise ArgError(message)
+    if args.num_envs == 0:
+        return {}
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise ArgError(
+            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
+        )
+    global_batch = batch * world_size
+    if args.total_timesteps < global_batch:
+        raise ArgError(
+            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
+            f"({args.num_envs} boards x {args.num_steps} steps x {world_size} ranks = {global_batch})"
+        )
     return {
         "world_size": world_size,
         "batch_size_per_rank": batch,
@@ -486,11 +489,11 @@ def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch
 
 
 def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
-    """One epoch's minibatch indices into a batch of n. Every rank draws the same permutation (same
-    generator) of its own batch, so global minibatch k is the union of the ranks' k-th minibatches.
-    shards=S replays that in one process on S ranks' batches joined (the equivalence test)."""
+    """One epoch's minibatch indices into a batch of n, on the generator's device (no host copy). Every rank
+    draws the same permutation (a generator seeded alike) of its own batch, so global minibatch k is the union
+    of the ranks' k-th minibatches. shards=S replays that in one process on S ranks' batches joined (tests)."""
     per_shard = n // shards
-    perm, size = torch.randperm(per_shard, generator=gen), per_shard // num_minibatches
+    perm, size = torch.randperm(per_shard, generator=gen, device=gen.device), per_shard // num_minibatches
     return [torch.cat([perm[i : i + size] + s * per_shard for s in range(shards)]) for i in range(0, per_shard, size)]
 
 
@@ -502,7 +505,7 @@ def ppo_update(
     sums = torch.zeros(6, device=b["obs"].device)  # pg, v, entropy, approx_kl, clipfrac, minibatches
     for _epoch in range(args.update_epochs):
         epoch_kl = torch.zeros(2, device=sums.device)
-        mbs = [mb.to(sums.device) for mb in minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards)]
+        mbs = minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards)
         advantages = normalize_per_minibatch(b["advantages"], mbs) if args.norm_adv else b["advantages"]
         for mb in mbs:
             with torch.autocast(sums.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
@@ -550,19 +553,27 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def rng_state() -> dict:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def rng_state(device: torch.device) -> dict:
+    """This rank's random state: CPU generators and, on a GPU, its own device's (not every visible GPU's)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -586,15 +597,152 @@ RESUME_MUST_MATCH = (
 )  # what an exact resume depends on
 
 
-def load_latest_checkpoint(run_dir: Path, rank: int) -> tuple[Path, dict] | None:
+def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
     for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
         try:
             return path, load_checkpoint(path)
         except ArgError as e:
-            if rank == 0:
-                print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
     return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the ranks agree on: CPU shares, sizes, the run directory, checkpoints, weights. Rank 0 alone touches
+# the run directory and the others receive its verdict. Every collective gets tensors on the training device
+# (one backend, NCCL on GPUs, which takes nothing else); object collectives move their bytes there themselves.
+# ---------------------------------------------------------------------------------------------------
+AUTO_MIN_UPDATES = 100  # --num-envs 0 picks no more envs than leave this many updates
+FEW_UPDATES = 10  # a run with fewer updates than this cannot learn much: the start-up warns
+
+
+def cpu_share(allowed: list[int], local_rank: int, local_world: int) -> list[int]:
+    """This local rank's CPUs: an equal, disjoint, contiguous slice of those the launcher allows (one CPU,
+    shared round-robin, when there are fewer CPUs than local ranks)."""
+    if len(allowed) < local_world:
+        return [allowed[local_rank % len(allowed)]]
+    per = len(allowed) // local_world
+    return allowed[local_rank * per : (local_rank + 1) * per]
+
+
+def place_on_cpus(pin: bool, local_rank: int, local_world: int) -> list[int]:
+    """Pin this process to its share of the allowed CPUs (if `pin` and the OS can) and give torch as many
+    threads as a share holds, unless OMP_NUM_THREADS says otherwise. Returns the CPUs it runs on."""
+    can_pin = hasattr(os, "sched_setaffinity")
+    allowed = sorted(os.sched_getaffinity(0)) if can_pin else list(range(os.cpu_count() or 1))
+    cpus = cpu_share(allowed, local_rank, local_world) if pin and can_pin else allowed
+    if cpus != allowed:
+        os.sched_setaffinity(0, cpus)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, len(allowed) // local_world))
+    return cpus
+
+
+def device_num_envs(device: torch.device) -> int:
+    """How many envs this rank's hardware holds: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
+    if device.type == "cuda":
+        gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return int(min(65536, 4096 * max(1, int(gib))))
+    return 256 * torch.get_num_threads()
+
+
+def auto_num_envs(cap: int, args: Args, world_size: int) -> int:
+    """--num-envs 0: the largest power of two <= cap that leaves at least AUTO_MIN_UPDATES updates (>= 1)."""
+    fit = args.total_timesteps // (args.num_steps * world_size * AUTO_MIN_UPDATES)
+    return 1 << (max(1, min(cap, fit)).bit_length() - 1)
+
+
+def agree_num_envs(args: Args, device: torch.device, world_size: int) -> int:
+    """--num-envs, or for 0 the auto choice for the smallest device of all ranks: a collective every rank
+    reaches, so all get the same batch sizes, update count and env ids whatever their own hardware."""
+    cap = torch.tensor([device_num_envs(device)], device=device)
+    dist.all_reduce(cap, op=dist.ReduceOp.MIN)
+    return args.num_envs or auto_num_envs(int(cap.item()), args, world_size)
+
+
+def gather_to_rank0(obj, rank: int, world_size: int) -> list | None:
+    """Every rank's `obj`, as a list indexed by rank, on rank 0 alone (None elsewhere)."""
+    everyone = [None] * world_size if rank == 0 else None
+    dist.gather_object(obj, everyone, dst=0)
+    return everyone
+
+
+PER_RANK = ("env", "rng", "next_obs", "next_done")  # a checkpoint holds these as lists indexed by rank
+
+
+def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
+    """Rank 0 writes the shared state (model, optimizer, counters) and every rank's own state (the keys of
+    PER_RANK, gathered to rank 0 alone) as one file, atomically. Key k becomes a list indexed by rank."""
+    everyone = gather_to_rank0(to_cpu(per_rank), rank, world_size)
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({**shared, **{k: [r[k] for r in everyone] for k in PER_RANK}}, path)
+
+
+def restore_checkpoint(run_dir: Path, args: Args, rank: int, world_size: int) -> dict | None:
+    """What this rank resumes from: None for a fresh run, else the shared state and this rank's own part.
+    Rank 0 alone reads the run directory and decides; the others receive its verdict (the same error on every
+    rank) and their part, so no rank acts on its own disk."""
+    verdict, parts = [None], None
+    if rank == 0:
+        verdict[0], parts = read_run_dir(run_dir, args, world_size)
+    dist.broadcast_object_list(verdict, src=0)
+    if isinstance(verdict[0], str):
+        raise ArgError(verdict[0])
+    if verdict[0] is None:
+        return None
+    mine = [None]
+    dist.scatter_object_list(mine, parts, src=0)
+    return {**verdict[0], **mine[0]}
+
+
+def read_run_dir(run_dir: Path, args: Args, world_size: int) -> tuple[dict | str | None, list | None]:
+    """Rank 0's half of restore_checkpoint: (shared state, parts by rank), (error, None) or (None, None) = fresh.
+    A run already there is continued only with --resume or after a torchrun restart, from its newest usable
+    checkpoint, and only with the same world size and RESUME_MUST_MATCH."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
+    if not (args.resume or restarted):
+        if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
+            return f"{run_dir} already holds a run: continue it with --resume, or choose another --run-name", None
+        return None, None
+    found = load_latest_checkpoint(run_dir)
+    if found is None:
+        return (f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}" if args.resume else None), None
+    path, ckpt = found
+    saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
+    for k in ("world_size", *RESUME_MUST_MATCH):
+        if saved[k] != (world_size if k == "world_size" else getattr(args, k)):
+            return f"{path} was written with {k}={saved[k]}; resume with the same value", None
+    shared = {k: v for k, v in ckpt.items() if k not in PER_RANK}
+    return {**shared, "path": str(path)}, [{k: ckpt[k][r] for k in PER_RANK} for r in range(world_size)]
+
+
+def to_cpu(x):
+    """A copy of nested dicts of tensors with every tensor on the CPU."""
+    if isinstance(x, dict):
+        return {k: to_cpu(v) for k, v in x.items()}
+    return x.cpu() if torch.is_tensor(x) else x
+
+
+def check_identical(agent: nn.Module, when: str) -> None:
+    """All ranks hold bit-identical weights: rank 0's raw bytes are broadcast and compared exactly (a float
+    checksum would depend on each rank's thread count). Names the ranks that differ."""
+    raw = torch.cat([p.detach().reshape(-1).view(torch.uint8) for p in agent.parameters()])
+    ref = raw.clone()
+    dist.broadcast(ref, 0)
+    differ = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=raw.device)
+    differ[dist.get_rank()] = int(not torch.equal(raw, ref))
+    dist.all_reduce(differ)
+    if differ.any():
+        ranks = differ.nonzero().flatten().tolist()
+        raise RuntimeError(f"parameters differ across ranks {when}: rank(s) {ranks} differ from rank 0")
+
+
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once the device has done its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -695,20 +843,23 @@ def main() -> int:
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     use_cuda = args.cuda and torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    if args.num_envs == 0:
-        args.num_envs = default_num_envs(device)
+    cpus = place_on_cpus(args.pin_cpus and not use_cuda, local_rank, local_world)
     try:
-        sizes = derived_sizes(args, world_size)
+        derived_sizes(args, world_size)  # every check that needs no agreed size, before anything heavy
+        if use_cuda and local_world > torch.cuda.device_count():
+            raise ArgError(
+                f"{local_world} processes on this node but {torch.cuda.device_count()} GPU(s): one GPU per process "
+                f"(--nproc-per-node={torch.cuda.device_count()}), or --no-cuda"
+            )
         if args.eval_checkpoint:
             return play_checkpoint(args)
     except ArgError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.bench_env:
-        sps = bench_env(make_env(args, args.num_envs, device, args.seed), steps=500)
-        print(f"{args.num_envs} boards on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
+        num_envs = args.num_envs or device_num_envs(device)
+        sps = bench_env(make_env(args, num_envs, device, args.seed), steps=500)
+        print(f"{num_envs} boards on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
 
     # -- DDP set-up: every rank reaches every collective below in the same order --
@@ -726,7 +877,9 @@ def main() -> int:
         device_id=device if use_cuda else None,
     )
     try:
-        code = train(args, sizes, rank, world_size, device)
+        args.num_envs = agree_num_envs(args, device, world_size)
+        sizes = derived_sizes(args, world_size)  # the same verdict on every rank: the sizes are agreed
+        code = train(args, sizes, rank, world_size, device, cpus)
         dist.barrier()  # a successful run ends together
         return code
     except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
@@ -760,10 +913,10 @@ def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Sto
     return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device) -> int:
+def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device, cpus: list[int]) -> int:
     if not args.run_name:
         launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        stamp = torch.tensor([int(time.time())])
+        stamp = torch.tensor([int(time.time())], device=device)
         dist.broadcast(stamp, 0)  # one name for all ranks
         args.run_name = f"{args.exp_name}__{args.seed}__{launch[:8] if launch != 'none' else stamp.item()}"
     run_dir = Path("runs") / args.run_name
@@ -777,31 +930,23 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     agent = Agent(env.obs_shape, env.n_actions, args).to(device)
     torch.manual_seed(args.seed + rank)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-    minibatch_gen = torch.Generator().manual_seed(args.seed)  # the same permutations on every rank
+    minibatch_gen = torch.Generator(device).manual_seed(args.seed)  # the same permutations on every rank
     meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
     start_update, global_step, next_obs = 1, 0, env.reset()
     next_done = torch.zeros(args.num_envs, device=device)
 
-    # -- resume: every rank reads the same checkpoint and takes its own boards and RNG state --
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
-    found = load_latest_checkpoint(run_dir, rank) if args.resume or restarted else None
-    if found:
-        checkpoint, ckpt = found
-        saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
-        for k in ("world_size", *RESUME_MUST_MATCH):
-            if saved[k] != (world_size if k == "world_size" else getattr(args, k)):
-                raise ArgError(f"{checkpoint} was written with {k}={saved[k]}; resume with the same value")
-        agent.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        env.load_state_dict(ckpt["env"][rank])
-        set_rng_state(ckpt["rng"][rank])
-        minibatch_gen.set_state(ckpt["minibatch_rng"])
-        start_update, global_step = ckpt["update"] + 1, ckpt["global_step"]
-        next_obs, next_done = ckpt["next_obs"][rank].to(device), ckpt["next_done"][rank].to(device)
+    # -- resume: rank 0 reads the run directory; every rank gets the shared state and its own boards and RNG --
+    state = restore_checkpoint(run_dir, args, rank, world_size)
+    if state:
+        agent.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        env.load_state_dict(state["env"])
+        set_rng_state(state["rng"], device)
+        minibatch_gen.set_state(state["minibatch_rng"])
+        start_update, global_step = state["update"] + 1, state["global_step"]
+        next_obs, next_done = state["next_obs"].to(device), state["next_done"].to(device)
         if rank == 0:
-            print(f"resumed from {checkpoint} at update {ckpt['update']}, global_step {global_step:,}")
-    elif args.resume:
-        raise ArgError(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}")
+            print(f"resumed from {state['path']} at update {state['update']}, global_step {global_step:,}")
 
     # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
     model = DDP(
@@ -815,15 +960,17 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     if args.compile:
         model = torch.compile(model)
 
+    placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus, "threads": torch.get_num_threads()}
+    ranks = gather_to_rank0(placement, rank, world_size)
     writer = csv_file = csv_writer = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device)}
+        config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device), "ranks": ranks}
         if args.track:  # imported only when asked for
             import wandb
 
             wandb.init(project=args.wandb_project_name, name=args.run_name, config=config, sync_tensorboard=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
         writer = SummaryWriter(str(run_dir))
         writer.add_text(
             "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
@@ -834,6 +981,12 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             f"batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
             f"minibatch {sizes['minibatch_size_per_rank']} per rank, {sizes['num_updates']} updates"
         )
+        if sizes["num_updates"] < FEW_UPDATES:
+            print(
+                f"warning: only {sizes['num_updates']} updates: PPO learns little in so few; raise --total-timesteps "
+                "or lower --num-envs",
+                file=sys.stderr,
+            )
 
     # -- rollout storage, on the device --
     T, N = args.num_steps, args.num_envs
@@ -847,7 +1000,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             raise RuntimeError(f"injected fault on rank {rank} at update {update}")
 
         # -- rollout: the plain module, no gradients; episode statistics stay on the device --
-        t0 = time.perf_counter()
+        t0 = clock(device)
         ep = torch.zeros(5, device=device)  # episodes, return, length, apples, snake length
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
             for step in range(T):
@@ -866,9 +1019,9 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             obs=obs, actions=actions.long(), logprobs=logprobs, advantages=advantages, returns=returns, values=values
         )
         b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
-        t1 = time.perf_counter()
+        t1 = clock(device)
         losses = ppo_update(model, optimizer, b, args, minibatch_gen)
-        t2 = time.perf_counter()
+        t2 = clock(device)
 
         # -- statistics of all ranks, one collective: rank 0 logs them --
         var_y = b["returns"].var()
@@ -920,7 +1073,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
                 "minibatch_rng": minibatch_gen.get_state(),
                 **meta,
             }
-            per_rank = {"env": env.state_dict(), "rng": rng_state(), "next_obs": next_obs, "next_done": next_done}
+            per_rank = {"env": env.state_dict(), "rng": rng_state(device), "next_obs": next_obs, "next_done": next_done}
             save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, per_rank, rank, world_size)
 
     check_identical(agent, "at the end")
@@ -931,34 +1084,6 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
         csv_file.close()
         print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
     return 0
-
-
-def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
-    """Gather every rank's own state (boards, RNG) to rank 0, which writes it beside the shared state (model,
-    optimizer, counters) as one file, atomically. Key k of per_rank becomes a list indexed by rank."""
-    everyone = [None] * world_size
-    dist.all_gather_object(everyone, to_cpu(per_rank))
-    if rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({**shared, **{k: [r[k] for r in everyone] for k in per_rank}}, path)
-
-
-def to_cpu(x):
-    """A copy of nested dicts of tensors with every tensor on the CPU."""
-    if isinstance(x, dict):
-        return {k: to_cpu(v) for k, v in x.items()}
-    return x.cpu() if torch.is_tensor(x) else x
-
-
-def check_identical(agent: nn.Module, when: str) -> None:
-    """All ranks hold the same weights: compare the min and max over ranks of a float64 checksum."""
-    flat = torch.cat([p.detach().double().flatten() for p in agent.parameters()])
-    s = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()])
-    lo, hi = s.clone(), s.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    if not torch.equal(lo, hi):
-        raise RuntimeError(f"parameters differ across ranks {when}: checksums {lo.tolist()} vs {hi.tolist()}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ class Args:
     iterations: int = 5
     """training iterations (forward, backward, optimizer step); fails at the 2nd (3rd with static graph)"""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    """process-group backend: auto = nccl when CUDA is present, else gloo"""
+    """process-group backend: auto = nccl when every process of this node has a GPU of its own, else gloo"""
     dist_timeout: float = 60.0
     """seconds a collective may wait before the process group gives up (no run can hang)"""
     seed: int = 1
@@ -226,7 +226,14 @@ def main() -> int:
     if args.all:  # rank 0 launches the scenarios; the other ranks have nothing to do
         return run_all(args, nproc=max(world_size, 2)) if rank == 0 else 0
 
-    backend = args.backend if args.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if args.backend == "nccl" and torch.cuda.device_count() < local_world:
+        n = torch.cuda.device_count()
+        print(f"error: --backend nccl needs a GPU per process: {local_world} processes, {n} GPU(s)", file=sys.stderr)
+        return 2
+    backend = args.backend
+    if backend == "auto":  # NCCL only with a GPU for every process of this node (--all starts 2 on a 1-GPU machine)
+        backend = "nccl" if torch.cuda.device_count() >= local_world else "gloo"
     if backend == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)

@@ -1,6 +1,8 @@
 """The distributed path of both PPO scripts, proven: DDP equals one process, determinism, elastic restart,
 failures that end the job instead of hanging it, several nodes, and bad checkpoints."""
 
+import importlib
+import json
 import os
 import shutil
 import signal
@@ -33,6 +35,23 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_two_nodes(script: str, *args: str, dirs, threads=(1, 1)):
+    """Two torchrun launches on localhost as two "machines": --nnodes=2, one process each, a working directory
+    each (no shared run directory) and OMP_NUM_THREADS per node; node 0 holds rank 0."""
+    port, procs = free_port(), []
+    for node, (d, t) in enumerate(zip(dirs, threads, strict=True)):
+        launcher = ("--nnodes=2", f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}")
+        cmd = torchrun_cmd(script, *args, nproc=1, launcher_args=launcher)
+        procs.append(start(cmd, cwd=d, OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t)))
+    return procs
+
+
 def wait_for(condition, timeout: float, proc=None):
     deadline = time.time() + timeout
     while not condition():
@@ -58,12 +77,23 @@ def test_ddp_update_equals_single_process_update(tmp_path, script):
 
 
 def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path, script):
+    """Also: on CPU each rank keeps to its own CPU (config.json says which), and placement does not change
+    the result (run b lets the OS place the ranks); a run of 3 updates warns that it is too short to learn."""
     args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=0"]
-    for name in ("a", "b"):
-        p = torchrun(script, *args, f"--run-name={name}", cwd=tmp_path, timeout=180)
+    for name, flags in (("a", []), ("b", ["--no-pin-cpus"])):
+        p = torchrun(script, *args, f"--run-name={name}", *flags, cwd=tmp_path, timeout=180)
         assert p.returncode == 0, explain(p)
+        assert p.stderr.count("warning: only 3 updates") == 1, explain(p)
     wa, wb = weights(tmp_path / "runs/a/final_model.pt"), weights(tmp_path / "runs/b/final_model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) >= 2:
+        placed = [
+            [r["cpus"] for r in json.loads((tmp_path / f"runs/{n}/config.json").read_text())["ranks"]] for n in "ab"
+        ]
+        half = len(allowed) // 2
+        assert placed[0] == [allowed[:half], allowed[half : 2 * half]]  # disjoint shares
+        assert placed[1] == [allowed, allowed]
 
 
 def test_bf16_autocast_trains_on_two_ranks_with_identical_weights(tmp_path, script):
@@ -181,6 +211,75 @@ def test_two_nodes_train_one_model(tmp_path, script):
     assert len(written) == 1 and len(progress(written[0] / "runs/n")) == 3  # rank 0's node alone writes
 
 
+def test_two_nodes_with_different_hardware_agree_on_sizes(tmp_path, script):
+    """--num-envs 0 on two "machines" with 1 and 2 threads: each alone would pick 256 and 512 envs (256 per
+    thread, the total leaves room for 512); they agree on the smallest, train together and end bit-identical
+    (compared exactly: a float checksum would differ with the thread count)."""
+    dirs = [tmp_path / "node0", tmp_path / "node1"]
+    for d in dirs:
+        d.mkdir()
+    args = [*SMALL[2:], "--num-envs=0", "--num-steps=2", "--total-timesteps=204800", "--checkpoint-interval=0"]
+    results = [finish(p, 240) for p in start_two_nodes(script, *args, "--run-name=h", dirs=dirs, threads=(1, 2))]
+    assert all(r.returncode == 0 for r in results), "".join(explain(r) for r in results)
+    assert "parameters identical on all 2 ranks after 200 updates" in results[0].stdout, explain(results[0])
+    config = json.loads((dirs[0] / "runs/h/config.json").read_text())
+    assert config["num_envs"] == 256 and [r["threads"] for r in config["ranks"]] == [1, 2]
+    assert not (dirs[1] / "runs").exists()
+
+
+def test_two_nodes_resume_from_node0s_checkpoint(tmp_path, script):
+    """Two "machines" without a shared filesystem, stopped (Ctrl-C) after some checkpoints and relaunched with
+    --resume: rank 0 reads its checkpoint and sends rank 1 its part, so both continue from it; the run ends
+    with a gap-free progress.csv and the weights of an uninterrupted run, and node 1's directory stays empty."""
+    total = 30
+    args = [*SMALL, f"--total-timesteps={4096 * total}", "--checkpoint-interval=2", "--run-name=n"]
+    dirs = [tmp_path / "node0", tmp_path / "node1", tmp_path / "full0", tmp_path / "full1"]
+    for d in dirs:
+        d.mkdir()
+    ckpts = lambda: sorted((dirs[0] / "runs/n/checkpoints").glob("update_*.pt"))  # noqa: E731
+    procs = start_two_nodes(script, *args, dirs=dirs[:2])
+    assert wait_for(lambda: len(ckpts()) >= 2, 120, procs[0]), finish(procs[0], 5)
+    for p in procs:
+        os.killpg(p.pid, signal.SIGINT)
+    stopped = [finish(p, 90) for p in procs]
+    assert all(r.returncode != 0 for r in stopped), "".join(explain(r) for r in stopped)
+    last = torch.load(ckpts()[-1], weights_only=False)["update"]
+    assert last < total
+    resumed = [finish(p, 240) for p in start_two_nodes(script, *args, "--resume", dirs=dirs[:2])]
+    assert all(r.returncode == 0 for r in resumed), "".join(explain(r) for r in resumed)
+    assert f"resumed from runs/n/checkpoints/update_{last:08d}.pt at update {last}" in resumed[0].stdout
+    assert [int(r["update"]) for r in progress(dirs[0] / "runs/n")] == list(range(1, total + 1))
+    assert not list(dirs[1].iterdir())  # rank 1 wrote nothing, not even an empty runs/
+    full = [finish(p, 240) for p in start_two_nodes(script, *args, dirs=dirs[2:])]
+    assert all(r.returncode == 0 for r in full), "".join(explain(r) for r in full)
+    wa, wb = weights(dirs[0] / "runs/n/final_model.pt"), weights(dirs[2] / "runs/n/final_model.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("name", ["ppo_ddp_snake", "ppo_ddp"])
+def test_cpu_shares_are_disjoint_and_cover_equal_slices(name):
+    share = importlib.import_module(name).cpu_share
+    cpus = [3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert [share(cpus, r, 4) for r in range(4)] == [[3, 4], [5, 6], [7, 8], [9, 10]]
+    assert [share(cpus, r, 1) for r in range(1)] == [cpus]
+    assert [share([0, 1], r, 3) for r in range(3)] == [[0], [1], [0]]  # fewer CPUs than ranks: round-robin
+
+
+@pytest.mark.parametrize("name", ["ppo_ddp_snake", "ppo_ddp"])
+def test_auto_num_envs_leaves_enough_updates_on_any_number_of_gpus(name):
+    """The default command on 1 to 64 GPUs (65,536 envs fit each) makes >= 100 updates, not 1 or 2; on 2 CPU
+    ranks with one thread each it keeps 256 envs per rank."""
+    mod = importlib.import_module(name)
+    args = mod.Args()
+    for world_size in (1, 2, 4, 8, 64):
+        n = mod.auto_num_envs(65536, args, world_size)
+        assert n & (n - 1) == 0 and n >= 1
+        updates = mod.derived_sizes(mod.Args(num_envs=n), world_size)["num_updates"]
+        assert mod.AUTO_MIN_UPDATES <= updates < 2 * mod.AUTO_MIN_UPDATES or n == 1, (world_size, n, updates)
+    assert mod.auto_num_envs(256, args, 2) == 256
+    assert mod.auto_num_envs(65536, mod.Args(total_timesteps=10), 4) == 1  # never 0
+
+
 def test_nan_loss_stops_every_rank(tmp_path, script):
     p = torchrun(script, *SMALL, "--total-timesteps=40960", "--learning-rate=1e30", cwd=tmp_path, timeout=120)
     assert p.returncode != 0, explain(p)
@@ -206,10 +305,16 @@ def test_corrupt_checkpoint(tmp_path, script):
 
 
 def test_resume_with_changed_schedule_is_refused(tmp_path, script):
+    """Also: a run name that holds a run is not reused without --resume (exit 2 on every rank, nothing touched)."""
     p = torchrun(
         script, *SMALL, "--total-timesteps=8192", "--checkpoint-interval=1", "--run-name=s", cwd=tmp_path, timeout=180
     )
     assert p.returncode == 0, explain(p)
+    files = {f: f.read_bytes() for f in (tmp_path / "runs/s").rglob("*") if f.is_file()}
+    p = torchrun(script, *SMALL, "--total-timesteps=8192", "--run-name=s", cwd=tmp_path, timeout=120)
+    assert p.returncode != 0 and "exitcode: 2" in p.stderr
+    assert p.stderr.count("error: runs/s already holds a run: continue it with --resume") == 2, explain(p)
+    assert files == {f: f.read_bytes() for f in (tmp_path / "runs/s").rglob("*") if f.is_file()}
     p = torchrun(script, *SMALL, "--total-timesteps=16384", "--run-name=s", "--resume", cwd=tmp_path, timeout=120)
     assert p.returncode != 0 and "exitcode: 2" in p.stderr
     assert p.stderr.count("was written with total_timesteps=8192; resume with the same value") == 2
