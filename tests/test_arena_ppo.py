@@ -75,6 +75,29 @@ def test_async_evaluation_logs_into_progress_and_tensorboard(tmp_path):
     assert progress(tmp_path / "runs/a")[-1]["eval/hearts"] != ""  # the last row waited for the last one
 
 
+@pytest.mark.parametrize("fault", ["eval-crash", "eval-hang"])
+def test_a_failing_or_hung_async_evaluation_neither_crashes_rank_0_nor_loses_the_final_model(tmp_path, fault):
+    """The evaluation process crashes, or hangs past the last update's wait (half of --dist-timeout): rank 0
+    reports it, logs the training rows and writes final_model.pt. A torn JSON lying in eval/ (what a reader
+    of a file written in place could meet) is never read: rank 0 reads only the results of processes that
+    have ended, which write atomically."""
+    eval_dir = tmp_path / "runs/e/eval"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "update_00000001_step_4096.json").write_text('{"eval/hea')
+    timeout = 60 if fault == "eval-crash" else 16  # a crash gets time to start and fail; a hang waits 8 s
+    flags = ["--eval-mode=async", "--run-name=e", f"--dist-timeout={timeout}"]
+    p = torchrun("ppo_ddp.py", *SMALL, *flags, cwd=tmp_path, timeout=240, PPO_DDP_FAULT=fault)
+    assert p.returncode == 0, explain(p)
+    assert (tmp_path / "runs/e/final_model.pt").is_file()
+    rows = progress(tmp_path / "runs/e")
+    assert [int(r["update"]) for r in rows] == [1, 2, 3, 4] and all(r["eval/hearts"] == "" for r in rows)
+    code = "1" if fault == "eval-crash" else "-9"  # -9: killed after the wait
+    for step in (8192, 16384):
+        assert f"warning: the evaluation at step {step} failed (exit code {code})" in p.stderr, explain(p)
+    if fault == "eval-crash":
+        assert "injected fault in the evaluation process" in (eval_dir / "update_00000002_step_8192.log").read_text()
+
+
 @pytest.mark.parametrize(
     "kind, mid",
     [
