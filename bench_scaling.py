@@ -47,6 +47,9 @@ class Args:
     """rounds; each runs every arm once"""
     steps_per_process: int = 2_457_600
     """environment steps of each process in every arm (Snake's defaults: 75 updates)"""
+    num_envs: int = 256
+    """envs per process in every arm: what --num-envs 0 gives a one-thread rank in a default run (the total here
+    is too small for --num-envs 0 to pick as many)"""
     skip: int = 5
     """first updates of each run left out of its median (start-up)"""
     extra: str = ""
@@ -66,8 +69,8 @@ class ArgError(ValueError):
 def check_args(args: Args) -> None:
     if not (ROOT / args.script).is_file():
         raise ArgError(f"--script {args.script}: no such file next to bench_scaling.py")
-    if args.rounds < 1 or args.steps_per_process < 1 or args.skip < 0:
-        raise ArgError("--rounds and --steps-per-process must be positive, --skip >= 0")
+    if min(args.rounds, args.steps_per_process, args.num_envs) < 1 or args.skip < 0:
+        raise ArgError("--rounds, --steps-per-process and --num-envs must be positive, --skip >= 0")
     if len(os.sched_getaffinity(0)) < 2:
         raise ArgError("this benchmark needs at least 2 CPUs to pin two processes")
 
@@ -76,7 +79,8 @@ def launch(args: Args, arm: str, out: Path) -> list[Path]:
     """Start one arm, wait for it, return the run directories whose progress.csv hold its figures."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    flags = ["--no-cuda", "--eval-interval", "0", "--checkpoint-interval", "0", "--print-interval", "1e9"]
+    flags = ["--no-cuda", "--num-envs", str(args.num_envs), "--eval-interval", "0", "--checkpoint-interval", "0"]
+    flags += ["--print-interval", "1e9"]
     script, steps, name = str(ROOT / args.script), args.steps_per_process, arm.replace(" ", "_")
     jobs = []  # (command, CPU to pin it to or None, run name)
     if arm == "1 rank":

@@ -144,6 +144,10 @@ class ArgError(ValueError):
     """A bad flag or combination: one line on stderr, exit code 2."""
 
 
+class StopEveryRank(RuntimeError):
+    """A failure every rank raises alike (a checkpoint rank 0 could not write): one line each, exit code 1."""
+
+
 # ---------------------------------------------------------------------------------------------------
 # Environment: Snake, vectorized in torch on the training device
 # ---------------------------------------------------------------------------------------------------
@@ -547,10 +551,14 @@ def ppo_update(
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a crash never leaves a torn file."""
+    """torch.save to a temporary name, then rename: a crash or a failed write never leaves a torn file."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_file():  # the write failed (disk full) or was interrupted (SIGTERM)
+            tmp.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -576,12 +584,19 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint, or fail with one line that names the file."""
+MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
+    """Load a checkpoint, or fail with one line that names the file: unreadable, or lacking one of `keys`."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise ArgError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, dict) else ["everything: not a dict"]
+    if missing:
+        raise ArgError(f"cannot load checkpoint {path}: it lacks {', '.join(missing)}")
+    return ckpt
 
 
 RESUME_MUST_MATCH = (
@@ -601,7 +616,7 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
     for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
         try:
-            return path, load_checkpoint(path)
+            return path, load_checkpoint(path, CHECKPOINT_KEYS)
         except ArgError as e:
             print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
     return None
@@ -668,15 +683,23 @@ def gather_to_rank0(obj, rank: int, world_size: int) -> list | None:
 
 
 PER_RANK = ("env", "rng", "next_obs", "next_done")  # a checkpoint holds these as lists indexed by rank
+SHARED = ("optimizer", "update", "global_step", "minibatch_rng", *MODEL_KEYS)  # and these once
+CHECKPOINT_KEYS = (*SHARED, *PER_RANK)
 
 
 def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
     """Rank 0 writes the shared state (model, optimizer, counters) and every rank's own state (the keys of
     PER_RANK, gathered to rank 0 alone) as one file, atomically. Key k becomes a list indexed by rank."""
-    everyone = gather_to_rank0(to_cpu(per_rank), rank, world_size)
+    everyone, error = gather_to_rank0(to_cpu(per_rank), rank, world_size), [None]
     if rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({**shared, **{k: [r[k] for r in everyone] for k in PER_RANK}}, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save({**shared, **{k: [r[k] for r in everyone] for k in PER_RANK}}, path)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            error[0] = f"cannot write checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}"
+    dist.broadcast_object_list(error, src=0)  # every rank stops alike; the earlier checkpoints stay loadable
+    if error[0]:
+        raise StopEveryRank(error[0])
 
 
 def restore_checkpoint(run_dir: Path, args: Args, rank: int, world_size: int) -> dict | None:
@@ -885,7 +908,7 @@ def main() -> int:
     except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:  # raised on every rank alike: the gradients are all-reduced
+    except (FloatingPointError, StopEveryRank) as e:  # raised on every rank alike (the gradients are all-reduced)
         print(f"error: {e}: training stopped on every rank", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: leave through `finally`, which shuts the process group down

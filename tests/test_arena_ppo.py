@@ -226,7 +226,6 @@ def test_baselines_play(baseline):
     "flags, message",
     [
         (["--num-minibatches=3", "--num-envs=64"], "not divisible by --num-minibatches 3"),
-        (["--loss=nope"], ""),
         (["--lr-schedule=exponential", "--lr-final=0"], "exponential schedule of learning_rate needs positive"),
         (["--room-size=3", "--num-mines=9"], "do not fit"),
         (["--clip-range=-1"], "--clip-range >= 0"),
@@ -236,7 +235,12 @@ def test_baselines_play(baseline):
 def test_bad_arguments_exit_2(flags, message):
     p = python("ppo_ddp.py", *flags, timeout=60)
     assert p.returncode == 2, explain(p)
-    assert message in p.stderr
+    assert p.stderr.startswith("error: ") and message in p.stderr and p.stderr.strip().count("\n") == 0, explain(p)
+
+
+def test_bad_arguments_unknown_loss_is_refused_by_the_parser():
+    p = python("ppo_ddp.py", "--loss=nope", timeout=60)
+    assert p.returncode == 2 and "invalid choice 'nope' for argument '--loss'" in p.stderr, explain(p)
 
 
 def test_muon_trains_and_checkpoint_plays_with_and_without_render(tmp_path):

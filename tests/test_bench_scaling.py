@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers import explain, progress, python
 
-TINY = "--num-envs 64 --num-steps 32 --hidden-size 32"
+TINY = "--num-steps 32 --hidden-size 32"
 
 
 def test_one_round_runs_every_arm_and_reports_consistent_ratios(tmp_path):
@@ -15,6 +15,7 @@ def test_one_round_runs_every_arm_and_reports_consistent_ratios(tmp_path):
         "--rounds=1",
         "--steps-per-process=16384",  # 8 updates of 2048 steps per process
         "--skip=2",
+        "--num-envs=64",
         f"--extra={TINY}",
         f"--out-dir={out}",
         f"--json-out={result}",
@@ -42,7 +43,10 @@ def test_one_round_runs_every_arm_and_reports_consistent_ratios(tmp_path):
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--rounds=0"], "--rounds and --steps-per-process must be positive"), (["--script=nope.py"], "no such file")],
+    [
+        (["--rounds=0"], "--rounds, --steps-per-process and --num-envs must be positive"),
+        (["--script=nope.py"], "no such file"),
+    ],
 )
 def test_bad_arguments_exit_2_with_one_line(flags, message, tmp_path):
     p = python("bench_scaling.py", *flags, f"--out-dir={tmp_path / 'runs'}")

@@ -7,12 +7,12 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import time
 
 import pytest
 import torch
-from helpers import ROOT, explain, finish, progress, python, run, start, torchrun, torchrun_cmd, workers
+from equivalence import reference_update
+from helpers import explain, finish, progress, python, run, start, torchrun, torchrun_cmd, workers
 
 # 64 boards x 32 steps x 2 ranks = 4096 steps per update.
 SMALL = [
@@ -61,19 +61,26 @@ def wait_for(condition, timeout: float, proc=None):
     return True
 
 
-def test_ddp_update_equals_single_process_update(tmp_path, script):
-    """One ppo_update on 2 ranks (each its half of the batch) equals one on 1 rank with the whole batch:
-    global minibatches, advantage normalization over them, gradient averaging and the KL early stop."""
-    worker = [str(ROOT / "tests" / "ddp_equivalence_worker.py"), script.removesuffix(".py")]
-    two = run(torchrun_cmd("tests/ddp_equivalence_worker.py", *worker[1:], str(tmp_path / "two.pt"), "0.003"), 120)
-    one = run([sys.executable, *worker, str(tmp_path / "one.pt"), "0.003"], timeout=120)
-    assert two.returncode == 0 and one.returncode == 0, explain(two) + explain(one)
-    a = torch.load(tmp_path / "two.pt", weights_only=False)
-    b = torch.load(tmp_path / "one.pt", weights_only=False)
-    assert a["steps"] == b["steps"] < 16  # target_kl stopped both after the same epoch, before all 4 ran
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
-    assert a["stats"] == pytest.approx(b["stats"], rel=1e-4)
+def test_ddp_update_equals_a_plain_single_process_update(tmp_path, script):
+    """One ppo_update on 2 ranks, each with its half of the batch, equals a plain PPO update of the tests' own
+    (tests/equivalence.py) on the whole batch in one process: global minibatches, advantages normalized over
+    them, gradients averaged (SGD without clipping: a sum would double every step), and the target-KL stop
+    decided on the mean KL of both ranks. The target lies between the mean and the larger half's KL after the
+    first epoch: a rank deciding on its own KL would stop there while the other goes on."""
+    name = script.removesuffix(".py")
+    first = reference_update(name, None)["half_kls"][0]
+    target = (sum(first) / 2 + max(first)) / 2
+    assert max(first) > 1.2 * min(first)  # the halves disagree enough for the target to tell them apart
+    ref = reference_update(name, target)
+    assert 4 < ref["steps"] < 16  # past the first epoch, stopped by the KL before the fourth ended
+    out = tmp_path / "two.pt"
+    p = run(torchrun_cmd("tests/ddp_equivalence_worker.py", name, str(out), repr(target)), 120)
+    assert p.returncode == 0, explain(p)
+    two = torch.load(out, weights_only=False)
+    assert two["steps"] == ref["steps"]
+    for k in ref["model"]:
+        torch.testing.assert_close(two["model"][k], ref["model"][k], rtol=1e-4, atol=1e-6)
+    assert two["stats"] == pytest.approx(ref["stats"], rel=1e-4, abs=1e-7)
 
 
 def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path, script):
@@ -140,32 +147,33 @@ def test_resume_continues_exactly(tmp_path, script):
 
 
 def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path, script):
-    """SIGKILL one worker mid-run: torchrun restarts the group, which resumes from its latest checkpoint in
-    the same run directory (the default run name is stable across restarts) and completes the run."""
+    """SIGKILL one worker mid-run: torchrun restarts the group, which resumes from its newest checkpoint (older
+    ones are there too) in the same run directory (the default run name is stable across restarts), completes
+    the run, and ends bit-identical to an uninterrupted run."""
     total_updates = 30
-    cmd = torchrun_cmd(
-        script,
-        *SMALL,
-        f"--total-timesteps={4096 * total_updates}",
-        "--checkpoint-interval=3",
-        launcher_args=("--standalone", "--max-restarts=1"),
-    )
-    proc = start(cmd, cwd=tmp_path)
+    args = [*SMALL, f"--total-timesteps={4096 * total_updates}", "--checkpoint-interval=3"]
+    proc = start(torchrun_cmd(script, *args, launcher_args=("--standalone", "--max-restarts=1")), cwd=tmp_path)
     csv_files = lambda: list((tmp_path / "runs").glob("*/progress.csv"))  # noqa: E731
     assert wait_for(lambda: csv_files() and len(progress(csv_files()[0].parent)) >= 7, 120, proc), finish(proc, 5)
     victims = workers(proc.pid, script)
+    logged = len(progress(csv_files()[0].parent))  # checkpoint k is complete before row k + 1 is written
     assert len(victims) == 2, victims
     os.kill(victims[1], signal.SIGKILL)
     p = finish(proc, 240)
     assert p.returncode == 0, explain(p)
     (run_dir,) = [d.parent for d in csv_files()]  # one run directory, before and after the restart
-    assert "resumed from" in p.stdout, explain(p)
+    resumed = int(p.stdout.split("resumed from ", 1)[1].split(" at update ", 1)[1].split(",")[0])
+    assert resumed >= 3 * ((logged - 1) // 3) >= 6, (resumed, logged)  # the newest, not checkpoint 3
     r = progress(run_dir)
     assert [int(x["update"]) for x in r] == list(range(1, total_updates + 1))  # no gap, no duplicate
     assert int(r[-1]["global_step"]) == 4096 * total_updates
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
     for ckpt in (run_dir / "checkpoints").glob("*.pt"):
         torch.load(ckpt, weights_only=False)  # none torn
+    p = torchrun(script, *args, "--run-name=uninterrupted", cwd=tmp_path, timeout=180)
+    assert p.returncode == 0, explain(p)
+    wa, wb = weights(run_dir / "final_model.pt"), weights(tmp_path / "runs/uninterrupted/final_model.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_exception_on_one_rank_ends_the_job(tmp_path, script):
@@ -209,6 +217,7 @@ def test_two_nodes_train_one_model(tmp_path, script):
     assert "world size 2" in out
     written = [d for d in dirs if (d / "runs/n/final_model.pt").exists()]
     assert len(written) == 1 and len(progress(written[0] / "runs/n")) == 3  # rank 0's node alone writes
+    assert [bool(list(d.iterdir())) for d in dirs].count(False) == 1  # the other wrote nothing at all
 
 
 def test_two_nodes_with_different_hardware_agree_on_sizes(tmp_path, script):
@@ -288,20 +297,37 @@ def test_nan_loss_stops_every_rank(tmp_path, script):
     assert p.stderr.count("training stopped on every rank") == 2
 
 
-def test_corrupt_checkpoint(tmp_path, script):
-    """Resume falls back to the previous good checkpoint; --eval-checkpoint names the bad file, exit 2."""
-    p = torchrun(
-        script, *SMALL, "--total-timesteps=12288", "--checkpoint-interval=1", "--run-name=k", cwd=tmp_path, timeout=180
-    )
+def test_corrupt_checkpoint_and_failed_write(tmp_path, script):
+    """A truncated checkpoint and one that unpickles but lacks a key: --eval-checkpoint names each (exit 2), and
+    resume falls back past both to the last good one. A checkpoint that cannot be written (here its temporary
+    name is taken by a directory; a full disk fails the same way) stops every rank with one line, and leaves
+    the earlier checkpoints and progress.csv as they were."""
+    args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=1", "--run-name=k"]
+    p = torchrun(script, *args, cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
-    bad = tmp_path / "runs/k/checkpoints/update_00000003.pt"
-    bad.write_bytes(bad.read_bytes()[:1000])  # truncated
-    p = python(script, "--eval-checkpoint", str(bad), timeout=60)
-    assert p.returncode == 2 and p.stderr.startswith(f"error: cannot load checkpoint {bad}"), explain(p)
-    p = torchrun(script, *SMALL, "--total-timesteps=12288", "--run-name=k", "--resume", cwd=tmp_path, timeout=180)
+    ckpts = tmp_path / "runs/k/checkpoints"
+    truncated, lacking = ckpts / "update_00000003.pt", ckpts / "update_00000002.pt"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    ckpt = torch.load(lacking, weights_only=False)
+    del ckpt["n_actions"]
+    torch.save(ckpt, lacking)
+    for bad, why in ((truncated, ""), (lacking, ": it lacks n_actions")):
+        p = python(script, "--eval-checkpoint", str(bad), timeout=60)
+        assert p.returncode == 2 and p.stderr.startswith(f"error: cannot load checkpoint {bad}{why}"), explain(p)
+    (ckpts / "update_00000002.pt.tmp").mkdir()  # the resumed run's next checkpoint cannot be written
+    first_row = progress(tmp_path / "runs/k")[0]
+    p = torchrun(script, *args, "--resume", cwd=tmp_path, timeout=180)
+    assert p.returncode == 1, explain(p)
+    assert p.stderr.count("falling back to the previous checkpoint") == 2  # rank 0 alone reads, once per bad file
+    assert "resumed from runs/k/checkpoints/update_00000001.pt" in p.stdout
+    failed = "error: cannot write checkpoint runs/k/checkpoints/update_00000002.pt: "
+    assert p.stderr.count(failed) == 2 and p.stderr.count("training stopped on every rank") == 2, explain(p)
+    assert torch.load(ckpts / "update_00000001.pt", weights_only=False)["update"] == 1
+    rows = progress(tmp_path / "runs/k")  # update 2 was done again and logged before its checkpoint failed
+    assert [r["update"] for r in rows] == ["1", "2"] and rows[0] == first_row
+    (ckpts / "update_00000002.pt.tmp").rmdir()
+    p = torchrun(script, *args, "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
-    assert "falling back to the previous checkpoint" in p.stderr
-    assert "resumed from runs/k/checkpoints/update_00000002.pt" in p.stdout
     assert [int(r["update"]) for r in progress(tmp_path / "runs/k")] == [1, 2, 3]
 
 
