@@ -640,16 +640,20 @@ def cpu_share(allowed: list[int], local_rank: int, local_world: int) -> list[int
     return allowed[local_rank * per : (local_rank + 1) * per]
 
 
-def place_on_cpus(pin: bool, local_rank: int, local_world: int) -> list[int]:
-    """Pin this process to its share of the allowed CPUs (if `pin` and the OS can) and give torch as many
-    threads as a share holds, unless OMP_NUM_THREADS says otherwise. Returns the CPUs it runs on."""
-    can_pin = hasattr(os, "sched_setaffinity")
-    allowed = sorted(os.sched_getaffinity(0)) if can_pin else list(range(os.cpu_count() or 1))
-    cpus = cpu_share(allowed, local_rank, local_world) if pin and can_pin else allowed
+def allowed_cpus() -> list[int]:
+    """The CPUs the launcher lets this process use."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def pin_to_share(pin: bool, local_rank: int, local_world: int) -> list[int]:
+    """Pin this thread, and the torch threads it starts from now on, to its local rank's share of the allowed CPUs
+    (if `pin`); returns the CPUs it runs on. Called after init_process_group: gloo's threads, started there, keep
+    every allowed CPU. Pinned beside the rank's own thread they made an all-reduce of the Snake model's gradient
+    8x slower on a 2-vCPU VM (median 3.4 ms, against 0.4 ms with this thread alone pinned and 0.5 ms unpinned)."""
+    allowed = allowed_cpus()
+    cpus = cpu_share(allowed, local_rank, local_world) if pin and hasattr(os, "sched_setaffinity") else allowed
     if cpus != allowed:
-        os.sched_setaffinity(0, cpus)
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, len(allowed) // local_world))
+        os.sched_setaffinity(0, cpus)  # pid 0: the calling thread alone (Linux); threads it starts inherit it
     return cpus
 
 
@@ -866,7 +870,8 @@ def main() -> int:
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     use_cuda = args.cuda and torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    cpus = place_on_cpus(args.pin_cpus and not use_cuda, local_rank, local_world)
+    if "OMP_NUM_THREADS" not in os.environ:  # torch threads: one local rank's share of the CPUs
+        torch.set_num_threads(max(1, len(allowed_cpus()) // local_world))
     try:
         derived_sizes(args, world_size)  # every check that needs no agreed size, before anything heavy
         if use_cuda and local_world > torch.cuda.device_count():
@@ -899,6 +904,7 @@ def main() -> int:
         timeout=timeout,
         device_id=device if use_cuda else None,
     )
+    cpus = pin_to_share(args.pin_cpus and not use_cuda, local_rank, local_world)
     try:
         args.num_envs = agree_num_envs(args, device, world_size)
         sizes = derived_sizes(args, world_size)  # the same verdict on every rank: the sizes are agreed
