@@ -1117,10 +1117,11 @@ def play(args: Args) -> int:
         f"return {stats['eval/episode_return']:.2f}"
     )
     if args.eval_json:  # an async evaluation: rank 0 reads this file once this process has ended
-        fault = os.environ.get("PPO_DDP_FAULT", "")  # test seam: eval-crash, eval-hang, eval-slow
+        fault = os.environ.get("PPO_DDP_FAULT", "")  # test seam: eval-crash, eval-hang
         if fault == "eval-crash":
             raise RuntimeError("injected fault in the evaluation process")
-        time.sleep({"eval-hang": 3600, "eval-slow": 3}.get(fault, 0))
+        if fault == "eval-hang":
+            time.sleep(3600)
         atomic_write_text(Path(args.eval_json), json.dumps(stats))
     return 0
 
