@@ -1277,8 +1277,8 @@ def main() -> int:
         timeout=timeout,
         device_id=device if use_cuda else None,
     )
-    cpus = pin_to_share(args.pin_cpus and not use_cuda, local_rank, local_world)
-    try:
+    try:  # every exit path below leaves through `finally`, which shuts the process group down
+        cpus = pin_to_share(args.pin_cpus and not use_cuda, local_rank, local_world)
         args.num_envs = agree_num_envs(args, device, world_size)
         sizes = derived_sizes(args, world_size)  # the same verdict on every rank: the sizes are agreed
         code = train(args, sizes, rank, world_size, device, cpus)
