@@ -12,6 +12,7 @@ Each rank steps its own rooms (seeded by global room id), collects a rollout wit
 trains through the DDP wrapper. Rank 0 alone logs, evaluates and writes runs/<run_name>/.
 """
 
+import contextlib
 import csv
 import gc
 import json
@@ -1208,6 +1209,48 @@ def open_progress(path: Path, last_update: int):
     return f, writer
 
 
+class RunLog:
+    """Rank 0's outputs in runs/<run_name>/: config.json, TensorBoard, progress.csv and, with --track, wandb.
+    Used with `with`: every exit path closes the files and finishes the wandb run with its exit code."""
+
+    def __init__(self, run_dir: Path, config: dict, args: Args, last_update: int):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.wandb = None
+        if args.track:  # imported only when asked for; before SummaryWriter, whose scalars it mirrors
+            import wandb
+
+            self.wandb = wandb.init(
+                project=args.wandb_project_name, name=args.run_name, config=config, sync_tensorboard=True
+            )
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+        self.writer = SummaryWriter(str(run_dir))
+        self.writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        )
+        self.csv_file, self.csv = open_progress(run_dir / "progress.csv", last_update)
+
+    def write(self, row: dict) -> None:
+        """One update's row: every `group/name` value into TensorBoard, the whole row into progress.csv."""
+        for k, v in row.items():
+            if "/" in k:
+                self.writer.add_scalar(k, v, row["global_step"])
+        self.csv.writerow(row)
+        self.csv_file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's stop must not cut this short
+        try:  # (a wandb run finished twice, here and at exit, loses its data)
+            self.writer.close()
+            self.csv_file.close()
+            if self.wandb is not None:
+                self.wandb.finish(exit_code=0 if exc_type is None else 1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def print_status(row: dict, total: int, per_rank_sps: list[float]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -1378,21 +1421,11 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
 
     placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus, "threads": torch.get_num_threads()}
     ranks = gather_to_rank0(placement, rank, world_size)
-    writer = csv_file = csv_writer = None
+    log = None
     evals = []  # separate evaluations still running (--eval-mode async)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device), "ranks": ranks}
-        if args.track:  # imported only when asked for
-            import wandb
-
-            wandb.init(project=args.wandb_project_name, name=args.run_name, config=config, sync_tensorboard=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
-        writer = SummaryWriter(str(run_dir))
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
-        )
-        csv_file, csv_writer = open_progress(run_dir / "progress.csv", start_update - 1)
+        log = RunLog(run_dir, config, args, start_update - 1)
         print(
             f"run {args.run_name}: loss {args.loss}, world size {world_size}, device {device}, {N} rooms per "
             f"rank, batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
@@ -1404,128 +1437,127 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
                 "or lower --num-envs",
                 file=sys.stderr,
             )
+    with log or contextlib.nullcontext():  # rank 0's files are closed on every exit path
+        last_print = time.time()
+        for update in range(start_update, sizes["num_updates"] + 1):
+            coef = schedules_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = coef["learning_rate"]
+            if os.environ.get("PPO_DDP_FAULT") == f"{rank}:{update}":  # test seam: fail one rank, here
+                raise RuntimeError(f"injected fault on rank {rank} at update {update}")
 
-    last_print = time.time()
-    for update in range(start_update, sizes["num_updates"] + 1):
-        coef = schedules_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = coef["learning_rate"]
-        if os.environ.get("PPO_DDP_FAULT") == f"{rank}:{update}":  # test seam: fail one rank, here
-            raise RuntimeError(f"injected fault on rank {rank} at update {update}")
+            # -- rollout: the plain module, no gradients; episode statistics stay on the device --
+            t0 = clock(device)
+            ep = torch.zeros(1 + len(EPISODE_KEYS), device=device)  # episodes, then the sums of EPISODE_KEYS
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
+                for step in range(T):
+                    obs[step], dones[step] = next_obs, next_done
+                    if args.loss == "action_supervised":
+                        teacher[step] = teacher_actions(env)
+                    action, logprob, _, value = policy(next_obs)
+                    values[step], actions[step], logprobs[step] = value.float(), action, logprob.float()
+                    next_obs, reward, done, info = env.step(action)
+                    rewards[step], next_done = reward, done.float()
+                    ep += torch.stack([done.sum(), *(torch.where(done, info[k], 0).sum() for k in EPISODE_KEYS)])
+                next_value = policy(next_obs)[3].float()
+            global_step += N * T * world_size
 
-        # -- rollout: the plain module, no gradients; episode statistics stay on the device --
-        t0 = clock(device)
-        ep = torch.zeros(1 + len(EPISODE_KEYS), device=device)  # episodes, then the sums of EPISODE_KEYS
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
-            for step in range(T):
-                obs[step], dones[step] = next_obs, next_done
-                if args.loss == "action_supervised":
-                    teacher[step] = teacher_actions(env)
-                action, logprob, _, value = policy(next_obs)
-                values[step], actions[step], logprobs[step] = value.float(), action, logprob.float()
-                next_obs, reward, done, info = env.step(action)
-                rewards[step], next_done = reward, done.float()
-                ep += torch.stack([done.sum(), *(torch.where(done, info[k], 0).sum() for k in EPISODE_KEYS)])
-            next_value = policy(next_obs)[3].float()
-        global_step += N * T * world_size
-
-        # -- advantages, then the update through DDP --
-        if args.loss == "grpo":
-            advantages = grpo_advantages(rewards, dones, next_done, args.gamma)
-            returns = advantages + values  # logged only: grpo trains no critic
-        else:
-            advantages, returns = compute_gae(
-                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
-            )
-        b = dict(
-            obs=obs,
-            actions=actions.long(),
-            teacher_actions=teacher.long(),
-            logprobs=logprobs,
-            advantages=advantages,
-            returns=returns,
-            values=values,
-        )
-        b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
-        t1 = clock(device)
-        losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen)
-        t2 = clock(device)
-
-        # -- statistics of all ranks, one collective: rank 0 logs them --
-        var_y = b["returns"].var()
-        ev = 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=device)
-        timings = torch.tensor([N * T / (t2 - t0), t1 - t0, t2 - t1], device=device)  # rank SPS, rollout, update
-        mine = torch.cat([ep, ev.reshape(1), timings]).float()
-        gathered = [torch.zeros_like(mine) for _ in range(world_size)]
-        dist.all_gather(gathered, mine)
-        stats = torch.stack(gathered).cpu()
-        iteration_s = time.perf_counter() - t0
-        eval_stats = {}
-        if args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0 and rank == 0:
-            if args.eval_mode == "local":
-                eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, seed=args.seed + 1_000_003)
+            # -- advantages, then the update through DDP --
+            if args.loss == "grpo":
+                advantages = grpo_advantages(rewards, dones, next_done, args.gamma)
+                returns = advantages + values  # logged only: grpo trains no critic
             else:
-                evals.append(start_async_eval(agent, meta, run_dir, update, global_step, args))
-        if rank == 0:
-            if args.eval_mode == "async":  # the last row waits for those still running, within the others' patience
-                wait = args.dist_timeout / 2 if update == sizes["num_updates"] else 0.0
-                eval_stats = collect_async_evals(evals, writer, wait) or eval_stats
-            total = stats[:, : 1 + len(EPISODE_KEYS)].sum(0)
-            episode_means = {}  # empty when no room finished an episode in this rollout
-            if total[0] > 0:
-                means = dict(zip(EPISODE_KEYS, (total[1:] / total[0]).tolist(), strict=True))
-                names = (
-                    "charts/episodic_return",
-                    "charts/episodic_length",
-                    "arena/hearts",
-                    "arena/ore_collected",
-                    "arena/batteries_made",
+                advantages, returns = compute_gae(
+                    rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
                 )
-                episode_means = dict(zip(names, means.values(), strict=True))
-            row = {
-                "update": update,
-                "global_step": global_step,
-                **losses,
-                **eval_stats,
-                **episode_means,
-                **{f"schedule/{k}": v for k, v in coef.items()},
-                "arena/episodes": total[0].item(),
-                "losses/explained_variance": stats[:, -4].mean().item(),
-                "charts/SPS": N * T * world_size / iteration_s,
-                "charts/learning_rate": coef["learning_rate"],
-                "time/rollout_s": stats[:, -2].max().item(),
-                "time/update_s": stats[:, -1].max().item(),
-            }
-            for k, v in row.items():
-                if "/" in k:
-                    writer.add_scalar(k, v, global_step)
-            csv_writer.writerow(row)
-            csv_file.flush()
-            if time.time() - last_print > args.print_interval or update == sizes["num_updates"]:
-                print_status(row, args.total_timesteps, stats[:, -3].tolist())
-                last_print = time.time()
+            b = dict(
+                obs=obs,
+                actions=actions.long(),
+                teacher_actions=teacher.long(),
+                logprobs=logprobs,
+                advantages=advantages,
+                returns=returns,
+                values=values,
+            )
+            b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
+            t1 = clock(device)
+            losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen)
+            t2 = clock(device)
 
-        # -- checkpoint: rank 0 writes everything every rank needs to continue exactly --
-        if args.checkpoint_interval and update % args.checkpoint_interval == 0:
-            shared = {
-                "model": agent.state_dict(),
-                "optimizers": [o.state_dict() for o in optimizers],
-                "update": update,
-                "global_step": global_step,
-                "minibatch_rng": minibatch_gen.get_state(),
-                **meta,
-            }
-            per_rank = {"env": env.state_dict(), "rng": rng_state(device), "next_obs": next_obs, "next_done": next_done}
-            save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, per_rank, rank, world_size)
+            # -- statistics of all ranks, one collective: rank 0 logs them --
+            var_y = b["returns"].var()
+            ev = 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=device)
+            timings = torch.tensor([N * T / (t2 - t0), t1 - t0, t2 - t1], device=device)  # rank SPS, rollout, update
+            mine = torch.cat([ep, ev.reshape(1), timings]).float()
+            gathered = [torch.zeros_like(mine) for _ in range(world_size)]
+            dist.all_gather(gathered, mine)
+            stats = torch.stack(gathered).cpu()
+            iteration_s = time.perf_counter() - t0
+            eval_stats = {}
+            if args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0 and rank == 0:
+                if args.eval_mode == "local":
+                    eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, seed=args.seed + 1_000_003)
+                else:
+                    evals.append(start_async_eval(agent, meta, run_dir, update, global_step, args))
+            if rank == 0:
+                if args.eval_mode == "async":  # the last row waits for those still running, within the others' patience
+                    wait = args.dist_timeout / 2 if update == sizes["num_updates"] else 0.0
+                    eval_stats = collect_async_evals(evals, log.writer, wait) or eval_stats
+                total = stats[:, : 1 + len(EPISODE_KEYS)].sum(0)
+                episode_means = {}  # empty when no room finished an episode in this rollout
+                if total[0] > 0:
+                    means = dict(zip(EPISODE_KEYS, (total[1:] / total[0]).tolist(), strict=True))
+                    names = (
+                        "charts/episodic_return",
+                        "charts/episodic_length",
+                        "arena/hearts",
+                        "arena/ore_collected",
+                        "arena/batteries_made",
+                    )
+                    episode_means = dict(zip(names, means.values(), strict=True))
+                row = {
+                    "update": update,
+                    "global_step": global_step,
+                    **losses,
+                    **eval_stats,
+                    **episode_means,
+                    **{f"schedule/{k}": v for k, v in coef.items()},
+                    "arena/episodes": total[0].item(),
+                    "losses/explained_variance": stats[:, -4].mean().item(),
+                    "charts/SPS": N * T * world_size / iteration_s,
+                    "charts/learning_rate": coef["learning_rate"],
+                    "time/rollout_s": stats[:, -2].max().item(),
+                    "time/update_s": stats[:, -1].max().item(),
+                }
+                log.write(row)
+                if time.time() - last_print > args.print_interval or update == sizes["num_updates"]:
+                    print_status(row, args.total_timesteps, stats[:, -3].tolist())
+                    last_print = time.time()
 
-    check_identical(agent, "at the end")
-    if rank == 0:
-        print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
-        atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")
-        writer.close()
-        csv_file.close()
-        print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
+            # -- checkpoint: rank 0 writes everything every rank needs to continue exactly --
+            if args.checkpoint_interval and update % args.checkpoint_interval == 0:
+                shared = {
+                    "model": agent.state_dict(),
+                    "optimizers": [o.state_dict() for o in optimizers],
+                    "update": update,
+                    "global_step": global_step,
+                    "minibatch_rng": minibatch_gen.get_state(),
+                    **meta,
+                }
+                per_rank = {
+                    "env": env.state_dict(),
+                    "rng": rng_state(device),
+                    "next_obs": next_obs,
+                    "next_done": next_done,
+                }
+                save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, per_rank, rank, world_size)
+
+        check_identical(agent, "at the end")
+        if rank == 0:
+            print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
+            atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")
+            print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
     return 0
 
 

@@ -129,3 +129,27 @@ def workers(pid: int, script: str) -> list[int]:
                 if script in cmdline and int(p.name) not in found:
                     found.append(int(p.name))
     return sorted(found)
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline wandb run file (run-*.wandb): the header `:W&B` and its 3 bytes, then LevelDB's
+    log format (32 KiB blocks of chunks: crc32 u32, length u16, type u8; 1 = whole, 2/3/4 = first/middle/last),
+    each record a wandb_internal_pb2.Record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, chunk, records = path.read_bytes(), 32768, 7, b"", []
+    assert data[:4] == b":W&B", f"{path} is not a wandb run file"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if kind == 0:  # zeros: the rest of the block is padding
+            pos += block - pos % block
+            continue
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(chunk))
+            chunk = b""
+    return records

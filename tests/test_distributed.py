@@ -1,6 +1,7 @@
 """The distributed path of both PPO scripts, proven: DDP equals one process, determinism, elastic restart,
 failures that end the job instead of hanging it, several nodes, and bad checkpoints."""
 
+import gc
 import importlib
 import json
 import os
@@ -11,8 +12,10 @@ import time
 
 import pytest
 import torch
-from equivalence import reference_update
+import torch.distributed as dist
+from equivalence import LR, SEED_PERM, make_problem, reference_update
 from helpers import explain, finish, progress, python, run, start, torchrun, torchrun_cmd, workers
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 # 64 boards x 32 steps x 2 ranks = 4096 steps per update.
 SMALL = [
@@ -104,21 +107,53 @@ def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path, script):
 
 
 def test_bf16_autocast_trains_on_two_ranks_with_identical_weights(tmp_path, script):
-    """--precision bf16 (forwards under autocast, losses and weights in fp32) trains and stays in sync."""
-    args = [*SMALL, "--total-timesteps=8192", "--checkpoint-interval=0", "--precision=bf16", "--run-name=bf16"]
-    p = torchrun(script, *args, cwd=tmp_path, timeout=180)
-    assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
-    w = weights(tmp_path / "runs/bf16/final_model.pt")
+    """--precision bf16 (forwards under autocast, losses and weights in fp32) trains and stays in sync, and the
+    flag takes effect: the same run in fp32 ends with other weights, though not far from them."""
+    args = [*SMALL, "--total-timesteps=8192", "--checkpoint-interval=0"]
+    for precision in ("bf16", "fp32"):
+        p = torchrun(script, *args, f"--precision={precision}", f"--run-name={precision}", cwd=tmp_path, timeout=180)
+        assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
+    w, w32 = weights(tmp_path / "runs/bf16/final_model.pt"), weights(tmp_path / "runs/fp32/final_model.pt")
     assert all(v.dtype == torch.float32 and v.isfinite().all() for v in w.values())
     assert all(float(r["losses/entropy"]) > 0 for r in progress(tmp_path / "runs/bf16"))
+    assert not all(torch.equal(w[k], w32[k]) for k in w)
+    assert all((w[k] - w32[k]).abs().max() < 0.05 for k in w)  # two updates of lr 2e-3 (1e-3) apart at most
+
+
+def test_bf16_reaches_the_update(script):
+    """One ppo_update of a fixed batch in a 1-process group: under --precision bf16 the weights move otherwise
+    than in fp32 (the update's forward runs under autocast), and not by much."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        moved = {}
+        for precision in ("bf16", "fp32"):
+            mod, args, agent, batch = make_problem(script.removesuffix(".py"), None)
+            args.precision = precision
+            model, optimizer = DDP(agent), torch.optim.SGD(agent.parameters(), lr=LR)
+            gen = torch.Generator().manual_seed(SEED_PERM)
+            if script == "ppo_ddp.py":
+                mod.ppo_update(model, [optimizer], batch, args, mod.schedules_at(args, 0.0), gen)
+            else:
+                mod.ppo_update(model, optimizer, batch, args, gen)
+            moved[precision] = {k: v.clone() for k, v in agent.state_dict().items()}
+            del model
+    finally:
+        gc.collect()  # DDP's reducer goes before the group
+        dist.destroy_process_group()
+    a, b = moved["bf16"], moved["fp32"]
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    torch.testing.assert_close(a, b, rtol=0.05, atol=0.01)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compile_trains_on_two_ranks_and_checkpoints_have_no_prefix(tmp_path, script):
-    """--compile wraps the rollout policy and the DDP model; checkpoints still hold the plain agent's keys."""
+    """--compile wraps the rollout policy and the DDP model; checkpoints still hold the plain agent's keys. The
+    flag takes effect: inductor generates kernels (into a cache directory of the test's own)."""
     args = [*SMALL, "--total-timesteps=8192", "--checkpoint-interval=1", "--compile", "--run-name=c"]
-    p = torchrun(script, *args, cwd=tmp_path, timeout=300)
+    cache = tmp_path / "inductor"
+    p = torchrun(script, *args, cwd=tmp_path, timeout=300, TORCHINDUCTOR_CACHE_DIR=str(cache))
     assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
+    assert len([f for f in cache.rglob("*.py") if "def call(" in f.read_text()]) >= 2, explain(p)
     for path in (tmp_path / "runs/c/checkpoints/update_00000002.pt", tmp_path / "runs/c/final_model.pt"):
         keys = list(weights(path))
         assert keys and not any(k.startswith(("module.", "_orig_mod.")) or "._orig_mod." in k for k in keys), keys
@@ -329,6 +364,53 @@ def test_corrupt_checkpoint_and_failed_write(tmp_path, script):
     p = torchrun(script, *args, "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
     assert [int(r["update"]) for r in progress(tmp_path / "runs/k")] == [1, 2, 3]
+
+
+SLOW_SAVE = """
+import io, os, time
+import torch
+
+_save = torch.save
+
+
+def half_then_wait(obj, f, *args, **kwargs):  # write half of update 2's checkpoint, then stall
+    if not isinstance(f, (str, os.PathLike)) or "update_00000002.pt" not in os.fspath(f):
+        return _save(obj, f, *args, **kwargs)
+    buf = io.BytesIO()
+    _save(obj, buf, *args, **kwargs)
+    with open(f, "wb") as out:
+        out.write(buf.getvalue()[: buf.tell() // 2])
+        out.flush()
+        time.sleep(300)
+        out.write(buf.getvalue()[buf.tell() // 2 :])
+
+
+torch.save = half_then_wait
+"""
+
+
+def test_sigterm_during_a_checkpoint_write_leaves_the_latest_checkpoint_loadable(tmp_path):
+    """A scheduler's SIGTERM (preemption) reaches torchrun while rank 0 is half-way through writing checkpoint 2
+    (torch.save is slowed from outside, by a sitecustomize on PYTHONPATH): every rank stops, no torn or
+    temporary file is left, checkpoint 1 loads, and --resume continues from it to the end."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(SLOW_SAVE)
+    args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=1", "--run-name=p"]
+    proc = start(torchrun_cmd("ppo_ddp_snake.py", *args), cwd=tmp_path, PYTHONPATH=str(inject))
+    ckpts = tmp_path / "runs/p/checkpoints"
+    writing = lambda: any(f.stat().st_size > 0 for f in ckpts.glob("update_00000002*"))  # noqa: E731
+    assert wait_for(writing, 120, proc), finish(proc, 5)
+    proc.send_signal(signal.SIGTERM)  # to torchrun, which stops its workers with SIGTERM
+    p = finish(proc, 90)
+    assert p.returncode != 0, explain(p)
+    assert sorted(f.name for f in ckpts.iterdir()) == ["update_00000001.pt"], explain(p)
+    mod = importlib.import_module("ppo_ddp_snake")
+    assert mod.load_checkpoint(ckpts / "update_00000001.pt", mod.CHECKPOINT_KEYS)["update"] == 1
+    p = torchrun("ppo_ddp_snake.py", *args, "--resume", cwd=tmp_path, timeout=180)
+    assert p.returncode == 0, explain(p)
+    assert "resumed from runs/p/checkpoints/update_00000001.pt at update 1" in p.stdout
+    assert [int(r["update"]) for r in progress(tmp_path / "runs/p")] == [1, 2, 3]
 
 
 def test_resume_with_changed_schedule_is_refused(tmp_path, script):
