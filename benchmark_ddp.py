@@ -25,6 +25,7 @@ CIs are disjoint and the ratio's CI excludes 1.
 
 import copy
 import datetime
+import gc
 import json
 import os
 import platform
@@ -429,6 +430,7 @@ def main() -> None:
                     json.dump({"machine": machine, "args": asdict(args), "method": method, **out}, f, indent=1)
         dist.barrier()
     finally:
+        gc.collect()  # free the DDP units (reference cycles) while the process group exists (see README)
         dist.destroy_process_group()
 
 

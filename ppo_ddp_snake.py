@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -53,6 +54,8 @@ class Args:
     """runs/<run_name>/; empty = <exp_name>__<seed>__<launch id>, the same after a torchrun restart"""
 
     # Algorithm
+    loss: Literal["ppo"] = "ppo"
+    """the loss (compute_loss): PPO's clipped actor and critic losses"""
     total_timesteps: int = 40_000_000
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
@@ -120,6 +123,9 @@ class Args:
     collective, for as long as eval_episodes episodes take (at most about 2000 steps of eval boards)"""
     eval_episodes: int = 32
     """episodes per evaluation (played in parallel, one per board)"""
+    eval_mode: Literal["local", "async", "none"] = "local"
+    """local: rank 0 evaluates in-process; async: a separate process evaluates a saved snapshot while training
+    goes on, and rank 0 logs its results when they arrive; none: no evaluation"""
     resume: bool = False
     """continue runs/<run_name>/ from its latest checkpoint (also done automatically after a torchrun
     restart); world size and schedule must match"""
@@ -135,6 +141,10 @@ class Args:
     """step the boards alone with random actions, print `<number> steps/s` and exit"""
     eval_checkpoint: str = ""
     """play a checkpoint or final_model.pt in one process, print the mean score and exit"""
+    eval_json: str = ""
+    """with --eval-checkpoint: also write the results to this JSON file (used by --eval-mode async)"""
+    baseline: Literal["", "random"] = ""
+    """play random actions for eval_episodes episodes, print the mean score and exit"""
     render: bool = False
     """with --eval-checkpoint: draw the board in the terminal, frame by frame"""
     render_fps: float = 10.0
@@ -145,8 +155,22 @@ class ArgError(ValueError):
     """A bad flag or combination: one line on stderr, exit code 2."""
 
 
-class StopEveryRank(RuntimeError):
-    """A failure every rank raises alike (a checkpoint rank 0 could not write): one line each, exit code 1."""
+# ---------------------------------------------------------------------------------------------------
+# Yours to edit, from Args down to the marked line below: the environment, the agent, the loss. A third script
+# is a copy of this one with this part rewritten. The machinery below that line needs:
+#   Args: the fields it reads (run control, DDP, the sizes, learning_rate, max_grad_norm, target_kl, loss)
+#   Env(num_envs, device, seed, env_id_offset, cfg): vectorized on `device`, its settings read from cfg (bad
+#     ones raise ArgError); .num_envs, .device, .obs_shape, .n_actions, .max_episode_steps; reset() -> obs;
+#     step(actions) -> (obs, reward, done, info) with each finished episode's metrics in info where done, and
+#     auto-reset; state_dict() / load_state_dict() for exact resume
+#   EPISODE_METRICS {info key: tag}; render(env, i) -> str; BASELINES {name: make(generator) -> policy(env, obs)}
+#   Agent(obs_shape, n_actions, cfg).forward(obs, action=None, greedy=False) -> (action, logprob, entropy, value)
+#   make_optimizers(agent, args) -> [optimizer]; schedules_at(args, p) -> {"learning_rate": ..., ...}
+#   rollout_extras(env, args) -> {name: [N] tensor} stored with each step (e.g. a teacher's actions)
+#   compute_advantages(b, next_value, next_done, args) -> (advantages, returns), b holding [T, N] tensors
+#   compute_loss(model, b, mb, args, coef) -> (loss, [policy, value, entropy, approx_kl, clipfrac])
+#   check_args(args): raise ArgError on what cannot train
+# ---------------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,24 +204,19 @@ class SnakeEnv:
     UP, RIGHT, DOWN, LEFT = range(4)  # absolute directions; reversing into the neck keeps going straight
     _STATE = ("life", "head", "direction", "length", "apple", "hunger", "steps", "draws", "key")
 
-    def __init__(
-        self,
-        num_envs: int,
-        size: int = 10,
-        device="cpu",
-        seed: int = 1,
-        env_id_offset: int = 0,
-        max_steps_without_food: int = 0,  # 0 = size * size
-        reward_apple: float = 1.0,
-        reward_death: float = -1.0,
-    ):
+    def __init__(self, num_envs: int, device="cpu", seed: int = 1, env_id_offset: int = 0, cfg: Args | None = None):
+        cfg = cfg or Args()
+        size = cfg.board_size
         if not 3 <= size <= 15:  # the snake of 3 must fit in a row; a body cell's life must fit in uint8
-            raise ValueError(f"Snake board size must be in [3, 15], got {size}")
+            raise ArgError(f"--board-size must be in [3, 15] (a snake of 3 fits; life fits uint8), got {size}")
+        if cfg.max_steps_without_food < 0:
+            raise ArgError("--max-steps-without-food must be >= 0")
         self.num_envs, self.size, self.area = num_envs, size, size * size
         self.device = torch.device(device)
         self.unit = 255 // self.area  # so the body channel spans [0, 255] like head and apple
-        self.max_hunger = max_steps_without_food or self.area
-        self.reward_apple, self.reward_death = reward_apple, reward_death
+        self.max_hunger = cfg.max_steps_without_food or self.area
+        self.max_episode_steps = self.max_hunger * (self.area + 1)  # an apple at most every max_hunger steps
+        self.reward_apple, self.reward_death = cfg.reward_apple, cfg.reward_death
         n, dev = num_envs, self.device
         self.life = torch.zeros(n, self.area, dtype=torch.int16, device=dev)
         self.head, self.direction, self.length, self.apple, self.hunger, self.steps, self.draws = (
@@ -336,7 +355,17 @@ class SnakeEnv:
         self.hunger[i] = self.steps[i] = 0
 
 
-def render_board(env: SnakeEnv, i: int) -> str:
+Env = SnakeEnv
+EPISODE_METRICS = {  # info key: tag in TensorBoard and progress.csv; the first is the headline
+    "apples": "snake/apples",
+    "snake_length": "snake/length",
+    "episode_return": "charts/episodic_return",
+    "episode_length": "charts/episodic_length",
+}
+BASELINES = {"random": lambda gen: lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,), generator=gen)}
+
+
+def render(env: SnakeEnv, i: int) -> str:
     """Board `i` as text: '@' head, 'o' body, '*' apple, '#' walls, then its length and hunger."""
     life, head, apple = env.life[i].tolist(), int(env.head[i]), int(env.apple[i])
     cell = ["@" if c == head else "*" if c == apple else "o" if life[c] else "." for c in range(env.area)]
@@ -344,37 +373,6 @@ def render_board(env: SnakeEnv, i: int) -> str:
     wall = " ".join("#" * (env.size + 2))
     status = f"length {int(env.length[i])}  hunger {int(env.hunger[i])}/{env.max_hunger}"
     return "\n".join([wall, *rows, wall, status])
-
-
-def bench_env(env: SnakeEnv, steps: int) -> float:
-    """Board-steps per second with random actions (drawn up front, so only the environment is timed)."""
-    gen = torch.Generator(env.device).manual_seed(0)
-    actions = torch.randint(0, 4, (16, env.num_envs), device=env.device, generator=gen)
-    sync = (lambda: torch.cuda.synchronize(env.device)) if env.device.type == "cuda" else (lambda: None)
-    for t in range(10):  # warm-up
-        env.step(actions[t % 16])
-    sync()
-    start = time.perf_counter()
-    for t in range(steps):
-        env.step(actions[t % 16])
-    sync()
-    return env.num_envs * steps / (time.perf_counter() - start)
-
-
-def make_env(args: Args, num_envs: int, device, seed: int, env_id_offset: int = 0) -> SnakeEnv:
-    return SnakeEnv(
-        num_envs,
-        args.board_size,
-        device,
-        seed,
-        env_id_offset,
-        args.max_steps_without_food,
-        args.reward_apple,
-        args.reward_death,
-    )
-
-
-EPISODE_KEYS = ("episode_return", "episode_length", "apples", "snake_length")  # summed per update, then averaged
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -406,63 +404,22 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Helpers: sizes, schedules, GAE, the PPO update, checkpoints (the tests call these very functions)
-# ---------------------------------------------------------------------------------------------------
-def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
-    """Batch sizes and update count; raises ArgError on anything that cannot train. Pure: every rank
-    computes the same verdict from the same arguments, so no rank is left waiting in a collective.
-    With --num-envs 0 it checks the rest and returns {}: the sizes wait for agree_num_envs."""
-    if args.num_envs < 0:
-        raise ArgError(f"--num-envs must be positive (or 0 = auto), got {args.num_envs}")
-    positive = ("num_steps", "num_minibatches", "update_epochs", "total_timesteps", "board_size")
-    for name in positive:
-        if getattr(args, name) <= 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 3 <= args.board_size <= 15:
-        raise ArgError(f"--board-size must be in [3, 15] (a snake of 3 fits; life fits uint8), got {args.board_size}")
-    checks = [
-        (args.learning_rate > 0, "--learning-rate must be positive"),
-        (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must be in [0, 1]"),
-        (args.clip_coef > 0 and args.max_grad_norm > 0, "--clip-coef and --max-grad-norm must be positive"),
-        (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive"),
-        (
-            min(args.checkpoint_interval, args.eval_interval, args.max_steps_without_food) >= 0,
-            "--checkpoint-interval, --eval-interval and --max-steps-without-food must be >= 0",
-        ),
-        (args.eval_episodes > 0 and args.hidden_size > 0, "--eval-episodes and --hidden-size must be positive"),
-        (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ArgError(message)
-    if args.num_envs == 0:
-        return {}
-    batch = args.num_envs * args.num_steps
-    if batch % args.num_minibatches:
-        raise ArgError(
-            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
-        )
-    global_batch = batch * world_size
-    if args.total_timesteps < global_batch:
-        raise ArgError(
-            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
-            f"({args.num_envs} boards x {args.num_steps} steps x {world_size} ranks = {global_batch})"
-        )
-    return {
-        "world_size": world_size,
-        "batch_size_per_rank": batch,
-        "global_batch_size": global_batch,
-        "minibatch_size_per_rank": batch // args.num_minibatches,
-        "num_updates": args.total_timesteps // global_batch,
-    }
+def make_optimizers(agent: Agent, args: Args) -> list[torch.optim.Optimizer]:
+    return [torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)]
 
 
+# ---------------------------------------------------------------------------------------------------
+# Schedule, advantages, loss (the tests call these very functions)
+# ---------------------------------------------------------------------------------------------------
 def learning_rate_at(args: Args, progress: float) -> float:
     """The learning rate at progress p = global_step / total_timesteps in [0, 1]."""
     p = min(max(progress, 0.0), 1.0)
     factor = {"linear": 1.0 - p, "cosine": 0.5 * (1.0 + math.cos(math.pi * p)), "constant": 1.0}
     return args.learning_rate * factor[args.lr_schedule]
+
+
+def schedules_at(args: Args, p: float) -> dict[str, float]:
+    return {"learning_rate": learning_rate_at(args, p)}
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
@@ -479,6 +436,131 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
     return advantages, advantages + values
 
 
+def compute_advantages(b: dict, next_value, next_done, args: Args):
+    return compute_gae(b["rewards"], b["values"], b["dones"], next_value, next_done, args.gamma, args.gae_lambda)
+
+
+def rollout_extras(env: SnakeEnv, args: Args) -> dict[str, torch.Tensor]:
+    return {}  # PPO needs nothing besides the rollout itself
+
+
+def compute_loss(model: nn.Module, b: dict, mb: torch.Tensor, args: Args, coef: dict[str, float]):
+    """PPO's loss on minibatch `mb` of batch `b`; returns (loss, [policy, value, entropy, approx_kl, clipfrac])."""
+    _, newlogprob, entropy, newvalue = model(b["obs"][mb], b["actions"][mb])
+    logratio = newlogprob.float() - b["logprobs"][mb]
+    ratio = logratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+    adv = b["norm_advantages" if args.norm_adv else "advantages"][mb]  # normalized per global minibatch
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    newvalue, returns, values = newvalue.float(), b["returns"][mb], b["values"][mb]
+    v_loss = (newvalue - returns) ** 2
+    if args.clip_vloss:
+        v_loss = torch.max(v_loss, (values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef) - returns) ** 2)
+    v_loss = 0.5 * v_loss.mean()
+    entropy_loss = entropy.float().mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    return loss, [pg_loss, v_loss, entropy_loss, approx_kl, clipfrac]
+
+
+def check_args(args: Args) -> None:
+    """What this script's own settings need (the machinery checks the rest)."""
+    SnakeEnv(1, "cpu", 0, 0, args)  # the environment checks its own settings
+    checks = [
+        (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must be in [0, 1]"),
+        (args.clip_coef > 0 and args.hidden_size > 0, "--clip-coef and --hidden-size must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ArgError(message)
+
+
+# ===================================================================================================
+# TRY NOT TO MODIFY: the distributed machinery. Everything from this line to the end of the file is the same,
+# byte for byte, in every PPO script here (tests/test_template.py keeps it so); it needs only the contract
+# stated at the top of the file.
+# ===================================================================================================
+class StopEveryRank(RuntimeError):
+    """A failure every rank raises alike (a checkpoint rank 0 could not write): one line each, exit code 1."""
+
+
+def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
+    """Batch sizes and update count; raises ArgError on anything that cannot train, the environment's and the
+    script's own settings included (check_args). Pure: every rank reaches the same verdict from the same
+    arguments. With --num-envs 0 it checks the rest and returns {}: the sizes wait for agree_num_envs."""
+    for name in ("num_steps", "num_minibatches", "update_epochs", "total_timesteps", "eval_episodes"):
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    checks = [
+        (args.num_envs >= 0, f"--num-envs must be positive (or 0 = auto), got {args.num_envs}"),
+        (args.learning_rate > 0, "--learning-rate must be positive"),
+        (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
+        (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive"),
+        (min(args.checkpoint_interval, args.eval_interval) >= 0, "--checkpoint-interval and --eval-interval >= 0"),
+        (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ArgError(message)
+    check_args(args)
+    if args.num_envs == 0:
+        return {}
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise ArgError(
+            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
+        )
+    if args.total_timesteps < batch * world_size:
+        raise ArgError(
+            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
+            f"({args.num_envs} envs x {args.num_steps} steps x {world_size} ranks = {batch * world_size})"
+        )
+    return {
+        "world_size": world_size,
+        "batch_size_per_rank": batch,
+        "global_batch_size": batch * world_size,
+        "minibatch_size_per_rank": batch // args.num_minibatches,
+        "num_updates": args.total_timesteps // (batch * world_size),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rollout and update
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def rollout(policy, env, loop: dict, args: Args) -> tuple[dict, torch.Tensor, dict]:
+    """num_steps steps of every env with the plain module (no DDP, no gradients). Returns the batch [T, N, ...],
+    the value of the last obs, and each episode metric summed over the episodes that ended (on the device)."""
+    T, N, dev = args.num_steps, env.num_envs, loop["next_obs"].device
+    b = {"obs": torch.zeros((T, *loop["next_obs"].shape), dtype=loop["next_obs"].dtype, device=dev)}
+    b.update({k: torch.zeros((T, N), device=dev) for k in ("actions", "logprobs", "values", "rewards", "dones")})
+    ep = {k: torch.zeros((), device=dev) for k in ("episodes", *EPISODE_METRICS)}
+    with torch.autocast(dev.type, torch.bfloat16, enabled=args.precision == "bf16"):
+        for t in range(T):
+            b["obs"][t], b["dones"][t] = loop["next_obs"], loop["next_done"]
+            for k, v in rollout_extras(env, args).items():
+                b.setdefault(k, torch.zeros((T, *v.shape), dtype=v.dtype, device=dev))[t] = v
+            action, logprob, _, value = policy(loop["next_obs"])
+            b["values"][t], b["actions"][t], b["logprobs"][t] = value.float(), action, logprob.float()
+            loop["next_obs"], b["rewards"][t], done, info = env.step(action)
+            loop["next_done"] = done.float()
+            ep["episodes"] += done.sum()
+            for k in EPISODE_METRICS:
+                ep[k] += torch.where(done, info[k], 0).sum()
+        next_value = policy(loop["next_obs"])[3].float()
+    return b, next_value, ep
+
+
+def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
+    """One epoch's minibatch indices into a batch of n, on the generator's device (no host copy). Every rank
+    draws the same permutation (a generator seeded alike) of its own batch, so global minibatch k is the union
+    of the ranks' k-th minibatches. shards=S replays that in one process on S ranks' batches joined (tests)."""
+    per_shard = n // shards
+    perm, size = torch.randperm(per_shard, generator=gen, device=gen.device), per_shard // num_minibatches
+    return [torch.cat([perm[i : i + size] + s * per_shard for s in range(shards)]) for i in range(0, per_shard, size)]
+
+
 def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch.Tensor:
     """adv normalized with the mean and (unbiased) std of each global minibatch, i.e. every rank's k-th
     minibatch joined: one all-reduce of per-minibatch sums for the whole epoch, not one per minibatch."""
@@ -493,53 +575,30 @@ def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch
     return out
 
 
-def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
-    """One epoch's minibatch indices into a batch of n, on the generator's device (no host copy). Every rank
-    draws the same permutation (a generator seeded alike) of its own batch, so global minibatch k is the union
-    of the ranks' k-th minibatches. shards=S replays that in one process on S ranks' batches joined (tests)."""
-    per_shard = n // shards
-    perm, size = torch.randperm(per_shard, generator=gen, device=gen.device), per_shard // num_minibatches
-    return [torch.cat([perm[i : i + size] + s * per_shard for s in range(shards)]) for i in range(0, per_shard, size)]
-
-
-def ppo_update(
-    model: nn.Module, optimizer: torch.optim.Optimizer, b: dict, args: Args, gen: torch.Generator, shards: int = 1
-) -> dict[str, float]:
-    """PPO's epochs over this rank's batch `b` (flat tensors). `model` is the DDP wrapper, so each
-    backward averages gradients over ranks. Returns the losses averaged over minibatches and ranks."""
-    sums = torch.zeros(6, device=b["obs"].device)  # pg, v, entropy, approx_kl, clipfrac, minibatches
+def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: torch.Generator, shards: int = 1):
+    """update_epochs passes of compute_loss over this rank's batch `b` (flat tensors), in the same minibatches
+    on every rank; b["norm_advantages"] holds the advantages normalized per global minibatch. `model` is the DDP
+    wrapper, so each backward averages the gradients over ranks. Returns the losses averaged over minibatches
+    and ranks."""
+    sums = torch.zeros(6, device=b["obs"].device)  # policy, value, entropy, approx_kl, clipfrac, minibatches
     for _epoch in range(args.update_epochs):
         epoch_kl = torch.zeros(2, device=sums.device)
         mbs = minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards)
-        advantages = normalize_per_minibatch(b["advantages"], mbs) if args.norm_adv else b["advantages"]
+        epoch_b = {**b, "norm_advantages": normalize_per_minibatch(b["advantages"], mbs)}
         for mb in mbs:
             with torch.autocast(sums.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
-                _, newlogprob, entropy, newvalue = model(b["obs"][mb], b["actions"][mb])
-            logratio = newlogprob.float() - b["logprobs"][mb]
-            ratio = logratio.exp()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - logratio).mean()
-                clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-            adv = advantages[mb]
-            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-            newvalue = newvalue.float()
-            if args.clip_vloss:
-                v_clipped = b["values"][mb] + (newvalue - b["values"][mb]).clamp(-args.clip_coef, args.clip_coef)
-                v_loss = 0.5 * torch.max((newvalue - b["returns"][mb]) ** 2, (v_clipped - b["returns"][mb]) ** 2).mean()
-            else:
-                v_loss = 0.5 * ((newvalue - b["returns"][mb]) ** 2).mean()
-            entropy_loss = entropy.float().mean()
-            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-            optimizer.zero_grad(set_to_none=True)
+                loss, stats = compute_loss(model, epoch_b, mb, args, coef)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP all-reduces the gradients here: they are identical on every rank after it
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             if not torch.isfinite(grad_norm):  # same verdict on every rank: the gradients are all-reduced
                 raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}) at loss {loss.item()}")
-            optimizer.step()
+            for opt in optimizers:
+                opt.step()
             one = torch.ones((), device=sums.device)
-            sums += torch.stack([pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, one]).detach()
-            epoch_kl += torch.stack([approx_kl, one])
+            sums += torch.stack([*stats, one]).detach().float()
+            epoch_kl += torch.stack([stats[3].detach().float(), one])
         if args.target_kl is not None:  # decided together: the mean KL of this epoch over all ranks
             dist.all_reduce(epoch_kl)
             if (epoch_kl[0] / epoch_kl[1]).item() > args.target_kl:
@@ -551,82 +610,29 @@ def ppo_update(
     return {f"losses/{k}": (sums[i] / sums[5]).item() for i, k in enumerate(keys)}
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a crash or a failed write never leaves a torn file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_file():  # the write failed (disk full) or was interrupted (SIGTERM)
-            tmp.unlink()
+def unused_parameters(agent: nn.Module, env, obs: torch.Tensor, args: Args) -> list[str]:
+    """Names of the parameters the loss gives no gradient (DDP refuses those without find_unused_parameters),
+    found by autograd on a few observations."""
+    n = min(8, obs.shape[0])
+    zeros = torch.zeros(n, device=obs.device)
+    b = {k: zeros for k in ("logprobs", "values", "advantages", "norm_advantages", "returns")}
+    b.update(obs=obs[:n], actions=zeros.long(), **{k: v[:n] for k, v in rollout_extras(env, args).items()})
+    loss, _ = compute_loss(agent, b, torch.arange(n, device=obs.device), args, schedules_at(args, 0.0))
+    names, params = zip(*agent.named_parameters(), strict=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [name for name, g in zip(names, grads, strict=True) if g is None]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def rng_state(device: torch.device) -> dict:
-    """This rank's random state: CPU generators and, on a GPU, its own device's (not every visible GPU's)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
-
-
-def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
-    """Load a checkpoint, or fail with one line that names the file: unreadable, or lacking one of `keys`."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ArgError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, dict) else ["everything: not a dict"]
-    if missing:
-        raise ArgError(f"cannot load checkpoint {path}: it lacks {', '.join(missing)}")
-    return ckpt
-
-
-RESUME_MUST_MATCH = (
-    "seed",
-    "total_timesteps",
-    "num_envs",
-    "num_steps",
-    "num_minibatches",
-    "board_size",
-    "hidden_size",
-    "learning_rate",
-    "lr_schedule",
-)  # what an exact resume depends on
-
-
-def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
-    for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
-        try:
-            return path, load_checkpoint(path, CHECKPOINT_KEYS)
-        except ArgError as e:
-            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
-    return None
+def explained_variance(b: dict) -> torch.Tensor:
+    var_y = b["returns"].var()
+    return 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=var_y.device)
 
 
 # ---------------------------------------------------------------------------------------------------
-# What the ranks agree on: CPU shares, sizes, the run directory, checkpoints, weights. Rank 0 alone touches
-# the run directory and the others receive its verdict. Every collective gets tensors on the training device
-# (one backend, NCCL on GPUs, which takes nothing else); object collectives move their bytes there themselves.
+# What the ranks agree on: CPU shares, sizes, the run directory, checkpoints, weights, statistics. Rank 0
+# alone touches the run directory and the others receive its verdict. Every collective gets tensors on the
+# training device (one backend, NCCL on GPUs, which takes nothing else); object collectives move their bytes
+# there themselves.
 # ---------------------------------------------------------------------------------------------------
 AUTO_MIN_UPDATES = 100  # --num-envs 0 picks no more envs than leave this many updates
 FEW_UPDATES = 10  # a run with fewer updates than this cannot learn much: the start-up warns
@@ -680,6 +686,17 @@ def agree_num_envs(args: Args, device: torch.device, world_size: int) -> int:
     return args.num_envs or auto_num_envs(int(cap.item()), args, world_size)
 
 
+def agree_run_name(args: Args, device: torch.device) -> str:
+    """--run-name, or <exp_name>__<loss>__<seed>__<id>: torchrun's run id (the same after a restart, so a
+    restarted group finds its checkpoints), else rank 0's clock, broadcast."""
+    if args.run_name:
+        return args.run_name
+    stamp = torch.tensor([int(time.time())], device=device)
+    dist.broadcast(stamp, 0)
+    launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return f"{args.exp_name}__{args.loss}__{args.seed}__{launch[:8] if launch != 'none' else stamp.item()}"
+
+
 def gather_to_rank0(obj, rank: int, world_size: int) -> list | None:
     """Every rank's `obj`, as a list indexed by rank, on rank 0 alone (None elsewhere)."""
     everyone = [None] * world_size if rank == 0 else None
@@ -687,14 +704,95 @@ def gather_to_rank0(obj, rank: int, world_size: int) -> list | None:
     return everyone
 
 
+def gather_stats(stats: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Every rank's value of each named scalar, by name (one all_gather, one host copy)."""
+    mine = torch.stack([v.float().reshape(()) for v in stats.values()])
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    return dict(zip(stats, torch.stack(everyone, 1).tolist(), strict=True))
+
+
+def check_identical(agent: nn.Module, when: str) -> None:
+    """All ranks hold bit-identical weights: rank 0's raw bytes are broadcast and compared exactly (a float
+    checksum would depend on each rank's thread count). Names the ranks that differ."""
+    raw = torch.cat([p.detach().reshape(-1).view(torch.uint8) for p in agent.parameters()])
+    ref = raw.clone()
+    dist.broadcast(ref, 0)
+    differ = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=raw.device)
+    differ[dist.get_rank()] = int(not torch.equal(raw, ref))
+    dist.all_reduce(differ)
+    if differ.any():
+        ranks = differ.nonzero().flatten().tolist()
+        raise RuntimeError(f"parameters differ across ranks {when}: rank(s) {ranks} differ from rank 0")
+
+
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once the device has done its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints: rank 0 writes one file holding the shared state and every rank's own part
+# ---------------------------------------------------------------------------------------------------
+MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
 PER_RANK = ("env", "rng", "next_obs", "next_done")  # a checkpoint holds these as lists indexed by rank
-SHARED = ("optimizer", "update", "global_step", "minibatch_rng", *MODEL_KEYS)  # and these once
+SHARED = ("optimizers", "update", "global_step", "minibatch_rng", *MODEL_KEYS)  # and these once
 CHECKPOINT_KEYS = (*SHARED, *PER_RANK)
+# Args that may differ when a run is resumed; every other field must equal the checkpoint's.
+RESUME_MAY_CHANGE = (
+    "exp_name run_name torch_deterministic cuda track wandb_project_name find_unused hack static_graph pin_cpus "
+    "dist_timeout checkpoint_interval eval_interval eval_episodes eval_mode resume precision compile "
+    "print_interval bench_env eval_checkpoint eval_json baseline render render_fps"
+).split()
+
+
+def checkpoint_state(agent, optimizers, env, minibatch_gen, loop: dict, meta: dict, device) -> tuple[dict, dict]:
+    """(shared, this rank's part): everything every rank needs to continue exactly. restore_state reads it."""
+    shared = {
+        "model": agent.state_dict(),
+        "optimizers": [o.state_dict() for o in optimizers],
+        "update": loop["update"],
+        "global_step": loop["global_step"],
+        "minibatch_rng": minibatch_gen.get_state(),
+        **meta,
+    }
+    mine = {"env": env.state_dict(), "rng": rng_state(device), "next_obs": loop["next_obs"]}
+    return shared, {**mine, "next_done": loop["next_done"]}
+
+
+def restore_state(state: dict, agent, optimizers, env, minibatch_gen, loop: dict, device) -> None:
+    """The inverse of checkpoint_state, key for key."""
+    agent.load_state_dict(state["model"])
+    for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+        opt.load_state_dict(opt_state)
+    loop.update(update=state["update"], global_step=state["global_step"])
+    minibatch_gen.set_state(state["minibatch_rng"])
+    env.load_state_dict(state["env"])
+    set_rng_state(state["rng"], device)
+    loop.update(next_obs=state["next_obs"].to(device), next_done=state["next_done"].to(device))
+
+
+def rng_state(device: torch.device) -> dict:
+    """This rank's random state: CPU generators and, on a GPU, its own device's (not every visible GPU's)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
-    """Rank 0 writes the shared state (model, optimizer, counters) and every rank's own state (the keys of
-    PER_RANK, gathered to rank 0 alone) as one file, atomically. Key k becomes a list indexed by rank."""
+    """Rank 0 writes the shared state and every rank's own part (gathered to rank 0 alone) as one file,
+    atomically; key k of PER_RANK becomes a list indexed by rank. A failed write stops every rank alike."""
     everyone, error = gather_to_rank0(to_cpu(per_rank), rank, world_size), [None]
     if rank == 0:
         try:
@@ -727,7 +825,7 @@ def restore_checkpoint(run_dir: Path, args: Args, rank: int, world_size: int) ->
 def read_run_dir(run_dir: Path, args: Args, world_size: int) -> tuple[dict | str | None, list | None]:
     """Rank 0's half of restore_checkpoint: (shared state, parts by rank), (error, None) or (None, None) = fresh.
     A run already there is continued only with --resume or after a torchrun restart, from its newest usable
-    checkpoint, and only with the same world size and RESUME_MUST_MATCH."""
+    checkpoint, and only with the same world size and every Args field outside RESUME_MAY_CHANGE."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
     if not (args.resume or restarted):
         if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
@@ -737,12 +835,52 @@ def read_run_dir(run_dir: Path, args: Args, world_size: int) -> tuple[dict | str
     if found is None:
         return (f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}" if args.resume else None), None
     path, ckpt = found
-    saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
-    for k in ("world_size", *RESUME_MUST_MATCH):
-        if saved[k] != (world_size if k == "world_size" else getattr(args, k)):
-            return f"{path} was written with {k}={saved[k]}; resume with the same value", None
+    saved, now = {**ckpt["args"], "world_size": ckpt["world_size"]}, {**asdict(args), "world_size": world_size}
+    for k in now:
+        if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k]:
+            return f"{path} was written with {k}={saved.get(k)}; resume with the same value", None
     shared = {k: v for k, v in ckpt.items() if k not in PER_RANK}
     return {**shared, "path": str(path)}, [{k: ckpt[k][r] for k in PER_RANK} for r in range(world_size)]
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
+    """Load a checkpoint, or fail with one line that names the file: unreadable, or lacking one of `keys`."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ArgError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, dict) else ["everything: not a dict"]
+    if missing:
+        raise ArgError(f"cannot load checkpoint {path}: it lacks {', '.join(missing)}")
+    return ckpt
+
+
+def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
+    for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
+        try:
+            return path, load_checkpoint(path, CHECKPOINT_KEYS)
+        except ArgError as e:
+            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+    return None
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash or a failed write never leaves a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_file():  # the write failed (disk full) or was interrupted (SIGTERM)
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def to_cpu(x):
@@ -752,91 +890,145 @@ def to_cpu(x):
     return x.cpu() if torch.is_tensor(x) else x
 
 
-def check_identical(agent: nn.Module, when: str) -> None:
-    """All ranks hold bit-identical weights: rank 0's raw bytes are broadcast and compared exactly (a float
-    checksum would depend on each rank's thread count). Names the ranks that differ."""
-    raw = torch.cat([p.detach().reshape(-1).view(torch.uint8) for p in agent.parameters()])
-    ref = raw.clone()
-    dist.broadcast(ref, 0)
-    differ = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=raw.device)
-    differ[dist.get_rank()] = int(not torch.equal(raw, ref))
-    dist.all_reduce(differ)
-    if differ.any():
-        ranks = differ.nonzero().flatten().tolist()
-        raise RuntimeError(f"parameters differ across ranks {when}: rank(s) {ranks} differ from rank 0")
-
-
-def clock(device: torch.device) -> float:
-    """time.perf_counter() once the device has done its queued work (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 # ---------------------------------------------------------------------------------------------------
-# Evaluation: greedy episodes on boards of their own
+# Evaluation: episodes in envs of their own, in-process (rank 0) or in a separate process
 # ---------------------------------------------------------------------------------------------------
 @torch.inference_mode()
-def evaluate(
-    agent: nn.Module, args: Args, device: torch.device, episodes: int, seed: int, render: bool = False
-) -> dict[str, float]:
-    """Play `episodes` greedy episodes, one per board in parallel; mean return, length and apples."""
-    env = make_env(args, episodes, device, seed)
-    obs = env.reset()
-    finished = torch.zeros(episodes, dtype=torch.bool, device=device)
-    totals = {k: torch.zeros(episodes, device=device) for k in ("episode_return", "episode_length", "apples")}
-    max_steps = (args.max_steps_without_food or args.board_size**2) * (args.board_size**2 + 1)
-    for _ in range(max_steps):
-        action = agent(obs, greedy=True)[0]
-        obs, _, done, info = env.step(action)
-        if render:
-            print("\033[H\033[J" + render_board(env, 0), flush=True)
-            time.sleep(1.0 / args.render_fps)
-        new = done & ~finished
+def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=None) -> dict[str, float]:
+    """One episode in each of `episodes` envs played together; `policy(env, obs)` returns actions. The mean of
+    each episode metric; `render_to(text)` shows env 0 frame by frame (and ends the play with its episode)."""
+    env = Env(episodes, device, seed, 0, args)
+    obs, finished = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device)
+    totals = {k: torch.zeros(episodes, device=device) for k in EPISODE_METRICS}
+    for _ in range(env.max_episode_steps):
+        obs, _, done, info = env.step(policy(env, obs))
+        if render_to:
+            render_to(render(env, 0))
         for k, v in totals.items():
-            v.copy_(torch.where(new, info[k].float(), v))
+            v.copy_(torch.where(done & ~finished, info[k].float(), v))
         finished |= done
-        if (render and done[0]) or finished.all():
+        if finished.all() or (render_to and finished[0]):
             break
     n = finished.sum().clamp(min=1)
     return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()}
 
 
-def play_checkpoint(args: Args) -> int:
-    """--eval-checkpoint: rebuild the policy from the file alone, in one process, and play it."""
-    ckpt = load_checkpoint(Path(args.eval_checkpoint))
-    train_args = Args(**ckpt["args"])
-    agent = Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], train_args)
-    agent.load_state_dict(ckpt["model"])
+def greedy(agent: nn.Module):
+    return lambda env, obs: agent(obs, greedy=True)[0]
+
+
+def play(args: Args) -> int:
+    """--eval-checkpoint (the policy rebuilt from the file alone, in one process) or --baseline NAME."""
+    if args.baseline:
+        train_args, name, policy = args, args.baseline, BASELINES[args.baseline](torch.Generator().manual_seed(1))
+    else:
+        ckpt = load_checkpoint(Path(args.eval_checkpoint))
+        train_args, name = Args(**ckpt["args"]), "greedy"
+        agent = Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], train_args)
+        agent.load_state_dict(ckpt["model"])
+        policy = greedy(agent.eval())
+
+    def show(frame: str) -> None:
+        print("\033[H\033[J" + frame, flush=True)
+        time.sleep(1.0 / args.render_fps)
+
     episodes = 1 if args.render else args.eval_episodes
-    stats = evaluate(agent.eval(), train_args, torch.device("cpu"), episodes, args.seed, render=args.render)
-    print(
-        f"{episodes} greedy episodes: mean apples {stats['eval/apples']:.2f}, "
-        f"mean return {stats['eval/episode_return']:.2f}, mean length {stats['eval/episode_length']:.1f}"
+    stats = evaluate(
+        policy, train_args, torch.device("cpu"), episodes, args.seed + 1_000_003, show if args.render else None
     )
+    (first, *rest), words = EPISODE_METRICS, lambda k: f"{k.replace('_', ' ')}"
+    others = ", ".join(f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest)  # the first metric is the headline
+    print(f"{episodes} {name} episodes: {words(first)} per episode {stats['eval/' + first]:.2f} ({others})")
+    if args.eval_json:  # an async evaluation: rank 0 reads this file once this process has ended
+        fault = os.environ.get("PPO_DDP_FAULT", "")  # test seam: eval-crash, eval-hang
+        if fault == "eval-crash":
+            raise RuntimeError("injected fault in the evaluation process")
+        if fault == "eval-hang":
+            time.sleep(3600)
+        atomic_write_text(Path(args.eval_json), json.dumps(stats))
     return 0
 
 
-# ---------------------------------------------------------------------------------------------------
-# Logging on rank 0: TensorBoard, progress.csv, console table
-# ---------------------------------------------------------------------------------------------------
-METRICS = (
-    "charts/episodic_return charts/episodic_length charts/SPS charts/learning_rate losses/value_loss "
-    "losses/policy_loss losses/entropy losses/approx_kl losses/clipfrac losses/explained_variance time/rollout_s "
-    "time/update_s snake/apples snake/length snake/episodes eval/episode_return eval/episode_length eval/apples"
-).split()
+def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, loop: dict, args: Args) -> dict:
+    """Snapshot the policy and evaluate it in a separate process (its output goes to a .log in run_dir/eval/);
+    collect_async_evals reads its JSON once the process has ended."""
+    eval_dir = run_dir / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = eval_dir / f"policy_{loop['update']:08d}.pt"
+    atomic_save({"model": agent.state_dict(), **meta}, snapshot)
+    out = eval_dir / f"update_{loop['update']:08d}_step_{loop['global_step']}.json"
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("TORCHELASTIC")}
+    flags = [f"--eval-checkpoint={snapshot}", f"--eval-json={out}", f"--eval-episodes={args.eval_episodes}"]
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:  # the child keeps its own handle
+        cmd = [sys.executable, os.path.abspath(__file__), *flags, f"--seed={args.seed}"]
+        proc = subprocess.Popen(cmd, env={**env, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT)
+    return {"proc": proc, "json": out, "log": log, "step": loop["global_step"]}
 
 
-def open_progress(path: Path, last_update: int):
+def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[str, float]:
+    """Results of the separate evaluations that have ended, oldest first: into TensorBoard at their own step,
+    and the newest returned for this update's progress.csv row. With wait > 0 (the last update) those still
+    running get `wait` seconds in all, then are killed. A failed, killed or unreadable one is reported on
+    stderr and dropped: an evaluation never takes the training down."""
+    deadline, latest = time.monotonic() + wait, {}
+    for ev in list(evals):
+        if wait:
+            try:
+                ev["proc"].wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                ev["proc"].kill()
+                ev["proc"].wait()
+        if ev["proc"].poll() is None:
+            continue
+        evals.remove(ev)
+        try:
+            if ev["proc"].returncode != 0:
+                raise RuntimeError(f"exit code {ev['proc'].returncode}")
+            stats = json.loads(ev["json"].read_text())
+        except (OSError, ValueError, RuntimeError) as e:
+            print(f"warning: the evaluation at step {ev['step']} failed ({e}); see {ev['log']}", file=sys.stderr)
+            continue
+        for k, v in stats.items():
+            writer.add_scalar(k, v, ev["step"])
+        latest = stats
+    return latest
+
+
+def bench_env(env, steps: int) -> float:
+    """Env-steps per second with random actions (drawn up front, so only the environment is timed)."""
+    gen = torch.Generator(env.device).manual_seed(0)
+    actions = torch.randint(0, env.n_actions, (16, env.num_envs), device=env.device, generator=gen)
+    clock(env.device)
+    for t in range(10):  # warm-up
+        env.step(actions[t % 16])
+    start = clock(env.device)
+    for t in range(steps):
+        env.step(actions[t % 16])
+    return env.num_envs * steps / (clock(env.device) - start)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Logging on rank 0: TensorBoard, progress.csv (and wandb with --track), the console table
+# ---------------------------------------------------------------------------------------------------
+def metric_names(args: Args) -> list[str]:
+    """The columns of progress.csv after update and global_step, from the tables at the top of the file."""
+    charts = ["charts/SPS", "charts/learning_rate", "charts/episodes", *EPISODE_METRICS.values()]
+    losses = [f"losses/{k}" for k in "policy_loss value_loss entropy approx_kl clipfrac explained_variance".split()]
+    schedules = [f"schedule/{k}" for k in schedules_at(args, 0.0)]
+    return [*charts, *losses, "time/rollout_s", "time/update_s", *schedules, *(f"eval/{k}" for k in EPISODE_METRICS)]
+
+
+def open_progress(path: Path, fields: list[str], last_update: int):
     """progress.csv for appending, holding exactly the rows of updates 1..last_update (a resumed run
     drops rows written after its checkpoint, so no row is duplicated)."""
-    fields = ["update", "global_step", *METRICS]
     rows = []
     if last_update > 0 and path.exists():
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["update"]) <= last_update]
     f = open(path, "w", newline="")  # noqa: SIM115  (kept open for the whole run)
-    writer = csv.DictWriter(f, fieldnames=fields)
+    writer = csv.DictWriter(f, fieldnames=["update", "global_step", *fields])
     writer.writeheader()
     writer.writerows(rows)
     f.flush()
@@ -844,12 +1036,13 @@ def open_progress(path: Path, last_update: int):
 
 
 class RunLog:
-    """Rank 0's outputs in runs/<run_name>/: config.json, TensorBoard, progress.csv and, with --track, wandb.
-    Used with `with`: every exit path closes the files and finishes the wandb run with its exit code."""
+    """Rank 0's outputs in runs/<run_name>/: config.json, TensorBoard, progress.csv, the console table and, with
+    --track, wandb. Used with `with`: every exit path closes the files and finishes the wandb run with its exit
+    code."""
 
     def __init__(self, run_dir: Path, config: dict, args: Args, last_update: int):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.wandb = None
+        self.wandb, self.args, self.started, self.last_print, self.shown = None, args, time.time(), 0.0, {}
         if args.track:  # imported only when asked for; before SummaryWriter, whose scalars it mirrors
             import wandb
 
@@ -861,15 +1054,45 @@ class RunLog:
         self.writer.add_text(
             "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
         )
-        self.csv_file, self.csv = open_progress(run_dir / "progress.csv", last_update)
+        self.csv_file, self.csv = open_progress(run_dir / "progress.csv", metric_names(args), last_update)
 
-    def write(self, row: dict) -> None:
-        """One update's row: every `group/name` value into TensorBoard, the whole row into progress.csv."""
+    def write(self, row: dict, per_rank_sps: list[float], last: bool) -> None:
+        """One update's row: every `group/name` value into TensorBoard, the whole row into progress.csv, and
+        every print_interval seconds (and at the end) the console table."""
         for k, v in row.items():
             if "/" in k:
                 self.writer.add_scalar(k, v, row["global_step"])
         self.csv.writerow(row)
         self.csv_file.flush()
+        self.shown.update(row)  # the table shows each metric's last known value
+        if last or time.time() - self.last_print > self.args.print_interval:
+            self.print_status(per_rank_sps)
+            self.last_print = time.time()
+
+    def print_status(self, per_rank_sps: list[float]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        r, total = self.shown, self.args.total_timesteps
+        elapsed = time.time() - self.started
+        left = elapsed * (total - r["global_step"]) / max(r["global_step"], 1)  # hmm: this session's steps
+        table = Table(title=f"update {r['update']}", show_header=False)
+        table.add_row("steps", f"{r['global_step']:,} / {total:,} ({100 * r['global_step'] / total:.1f}%)")
+        table.add_row("time elapsed / left", f"{elapsed / 60:.1f} min / {left / 60:.1f} min")
+        table.add_row(
+            "SPS (global / per rank)", f"{r['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
+        )
+        for tag in EPISODE_METRICS.values():
+            table.add_row(tag, f"{r[tag]:.2f}" if tag in r else "no episode has ended yet")
+        table.add_row(
+            "losses policy / value / entropy",
+            " / ".join(f"{r['losses/' + k]:.4f}" for k in ("policy_loss", "value_loss", "entropy")),
+        )
+        table.add_row(
+            "schedule", ", ".join(f"{k.split('/')[1]} {v:.3g}" for k, v in r.items() if k.startswith("schedule/"))
+        )
+        table.add_row("time rollout / update (s)", f"{r['time/rollout_s']:.2f} / {r['time/update_s']:.2f}")
+        Console().print(table)
 
     def __enter__(self):
         return self
@@ -885,27 +1108,8 @@ class RunLog:
             signal.signal(signal.SIGTERM, previous)
 
 
-def print_status(row: dict, total: int, per_rank_sps: list[float]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"update {row['update']}", show_header=False)
-    done, row = row["global_step"], {**dict.fromkeys(METRICS, math.nan), **row}  # nan: nothing finished yet
-    table.add_row("steps", f"{done:,} / {total:,} ({100 * done / total:.1f}%)")
-    table.add_row(
-        "SPS (global / per rank)", f"{row['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
-    )
-    table.add_row("episodic return / apples", f"{row['charts/episodic_return']:.2f} / {row['snake/apples']:.2f}")
-    table.add_row(
-        "losses pg / v / entropy",
-        f"{row['losses/policy_loss']:.4f} / {row['losses/value_loss']:.4f} / {row['losses/entropy']:.3f}",
-    )
-    table.add_row("time rollout / update (s)", f"{row['time/rollout_s']:.2f} / {row['time/update_s']:.2f}")
-    Console().print(table)
-
-
 # ---------------------------------------------------------------------------------------------------
-# Main
+# Main: argument checks, the other modes, DDP set-up and teardown
 # ---------------------------------------------------------------------------------------------------
 def main() -> int:
     args = tyro.cli(Args)
@@ -922,25 +1126,24 @@ def main() -> int:
                 f"{local_world} processes on this node but {torch.cuda.device_count()} GPU(s): one GPU per process "
                 f"(--nproc-per-node={torch.cuda.device_count()}), or --no-cuda"
             )
-        if args.eval_checkpoint:
-            return play_checkpoint(args)
+        if args.eval_checkpoint or args.baseline:
+            return play(args)
     except ArgError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.bench_env:
         num_envs = args.num_envs or device_num_envs(device)
-        sps = bench_env(make_env(args, num_envs, device, args.seed), steps=500)
-        print(f"{num_envs} boards on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
+        sps = bench_env(Env(num_envs, device, args.seed, 0, args), steps=500)
+        print(f"{num_envs} envs on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
 
     # -- DDP set-up: every rank reaches every collective below in the same order --
     if use_cuda:
         torch.cuda.set_device(device)
-    backend = "nccl" if use_cuda else "gloo"
     timeout = timedelta(seconds=args.dist_timeout)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # torchrun's stop: unwind through `finally`
     dist.init_process_group(
-        backend,
+        "nccl" if use_cuda else "gloo",
         store=rendezvous_store(rank, world_size, timeout),
         rank=rank,
         world_size=world_size,
@@ -985,40 +1188,41 @@ def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Sto
     return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
 def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device, cpus: list[int]) -> int:
-    if not args.run_name:
-        launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        stamp = torch.tensor([int(time.time())], device=device)
-        dist.broadcast(stamp, 0)  # one name for all ranks
-        args.run_name = f"{args.exp_name}__{args.seed}__{launch[:8] if launch != 'none' else stamp.item()}"
+    args.run_name = agree_run_name(args, device)
     run_dir = Path("runs") / args.run_name
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)  # action sampling differs per rank; the weights come from rank 0
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
-    env = make_env(args, args.num_envs, device, args.seed, env_id_offset=rank * args.num_envs)
-    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    # -- the envs of this rank, the agent (the same initial weights everywhere), its optimizers --
+    env = Env(args.num_envs, device, args.seed, rank * args.num_envs, args)
+    torch.manual_seed(args.seed)
     agent = Agent(env.obs_shape, env.n_actions, args).to(device)
-    torch.manual_seed(args.seed + rank)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    torch.manual_seed(args.seed + rank)  # action sampling differs per rank
+    optimizers = make_optimizers(agent, args)
     minibatch_gen = torch.Generator(device).manual_seed(args.seed)  # the same permutations on every rank
     meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
-    start_update, global_step, next_obs = 1, 0, env.reset()
-    next_done = torch.zeros(args.num_envs, device=device)
+    loop = {"update": 0, "global_step": 0, "next_obs": env.reset()}
+    loop["next_done"] = torch.zeros(args.num_envs, device=device)
 
-    # -- resume: rank 0 reads the run directory; every rank gets the shared state and its own boards and RNG --
+    # -- fail fast, on every rank alike, when the loss leaves parameters unused and DDP is not told --
+    unused = unused_parameters(agent, env, loop["next_obs"], args)
+    if unused and not args.find_unused:
+        raise ArgError(
+            f"--loss {args.loss} gives no gradient to {', '.join(unused)}, which DDP refuses "
+            f"('Expected to have finished reduction in the prior iteration'); fix: --find-unused or --hack"
+        )
+
+    # -- resume: rank 0 reads the run directory; every rank gets the shared state and its own envs and RNG --
     state = restore_checkpoint(run_dir, args, rank, world_size)
     if state:
-        agent.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        env.load_state_dict(state["env"])
-        set_rng_state(state["rng"], device)
-        minibatch_gen.set_state(state["minibatch_rng"])
-        start_update, global_step = state["update"] + 1, state["global_step"]
-        next_obs, next_done = state["next_obs"].to(device), state["next_done"].to(device)
+        restore_state(state, agent, optimizers, env, minibatch_gen, loop, device)
         if rank == 0:
-            print(f"resumed from {state['path']} at update {state['update']}, global_step {global_step:,}")
+            print(f"resumed from {state['path']} at update {loop['update']}, global_step {loop['global_step']:,}")
 
     # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
     model = DDP(
@@ -1034,19 +1238,14 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
 
     placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus, "threads": torch.get_num_threads()}
     ranks = gather_to_rank0(placement, rank, world_size)
-    # -- rollout storage, on the device --
-    T, N = args.num_steps, args.num_envs
-    obs = torch.zeros((T, N, *env.obs_shape), dtype=next_obs.dtype, device=device)
-    actions, logprobs, rewards, dones, values = (torch.zeros((T, N), device=device) for _ in range(5))
-
-    log = None
+    log, evals = None, []  # evals: separate evaluations still running (--eval-mode async)
     if rank == 0:
         config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device), "ranks": ranks}
-        log = RunLog(run_dir, config, args, start_update - 1)
+        log = RunLog(run_dir, config, args, loop["update"])
         print(
-            f"run {args.run_name}: world size {world_size}, device {device}, {args.num_envs} boards per rank, "
-            f"batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
-            f"minibatch {sizes['minibatch_size_per_rank']} per rank, {sizes['num_updates']} updates"
+            f"run {args.run_name}: loss {args.loss}, world size {world_size}, device {device}, {args.num_envs} envs "
+            f"per rank, batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
+            f"{sizes['num_updates']} updates; unused parameters: {', '.join(unused) or 'none'}"
         )
         if sizes["num_updates"] < FEW_UPDATES:
             print(
@@ -1055,103 +1254,71 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
                 file=sys.stderr,
             )
     with log or contextlib.nullcontext():  # rank 0's files are closed on every exit path
-        last_print = time.time()
-        for update in range(start_update, sizes["num_updates"] + 1):
-            lr = learning_rate_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
-            optimizer.param_groups[0]["lr"] = lr
+        for update in range(loop["update"] + 1, sizes["num_updates"] + 1):
+            coef = schedules_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
+            for group in (g for opt in optimizers for g in opt.param_groups):
+                group["lr"] = coef["learning_rate"]
             if os.environ.get("PPO_DDP_FAULT") == f"{rank}:{update}":  # test seam: fail one rank, here
                 raise RuntimeError(f"injected fault on rank {rank} at update {update}")
 
-            # -- rollout: the plain module, no gradients; episode statistics stay on the device --
+            # -- rollout with the plain module, advantages, then the update through DDP --
             t0 = clock(device)
-            ep = torch.zeros(5, device=device)  # episodes, return, length, apples, snake length
-            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
-                for step in range(T):
-                    obs[step], dones[step] = next_obs, next_done
-                    action, logprob, _, value = policy(next_obs)
-                    values[step], actions[step], logprobs[step] = value.float(), action, logprob.float()
-                    next_obs, reward, done, info = env.step(action)
-                    rewards[step], next_done = reward, done.float()
-                    ep += torch.stack([done.sum(), *(torch.where(done, info[k], 0).sum() for k in EPISODE_KEYS)])
-                next_value = policy(next_obs)[3].float()
-            global_step += N * T * world_size
-
-            # -- advantages, then the update through DDP --
-            advantages, returns = compute_gae(
-                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
-            )
-            b = dict(
-                obs=obs,
-                actions=actions.long(),
-                logprobs=logprobs,
-                advantages=advantages,
-                returns=returns,
-                values=values,
-            )
+            b, next_value, ep = rollout(policy, env, loop, args)
+            loop.update(update=update, global_step=loop["global_step"] + b["rewards"].numel() * world_size)
+            b["advantages"], b["returns"] = compute_advantages(b, next_value, loop["next_done"], args)
             b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
             t1 = clock(device)
-            losses = ppo_update(model, optimizer, b, args, minibatch_gen)
+            losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen)
             t2 = clock(device)
 
-            # -- statistics of all ranks, one collective: rank 0 logs them --
-            var_y = b["returns"].var()
-            ev = 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=device)
-            timings = torch.tensor([N * T / (t2 - t0), t1 - t0, t2 - t1], device=device)  # rank SPS, rollout, update
-            mine = torch.cat([ep, ev.reshape(1), timings]).float()
-            gathered = [torch.zeros_like(mine) for _ in range(world_size)]
-            dist.all_gather(gathered, mine)
-            stats = torch.stack(gathered).cpu()
-            iteration_s = time.perf_counter() - t0
+            # -- statistics of all ranks, by name, in one collective; evaluation; rank 0 logs --
+            timing = {"sps": b["rewards"].numel() / (t2 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
+            stats = gather_stats(
+                {
+                    **ep,
+                    "explained_variance": explained_variance(b),
+                    **{k: torch.tensor(v, device=device) for k, v in timing.items()},
+                }
+            )
+            evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
             eval_stats = {}
-            if args.eval_interval and update % args.eval_interval == 0 and rank == 0:
-                eval_stats = evaluate(agent, args, device, args.eval_episodes, seed=args.seed + 1_000_003)
+            if rank == 0 and evaluating and args.eval_mode == "local":
+                eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, args.seed + 1_000_003)
+            elif rank == 0 and evaluating:
+                evals.append(start_async_eval(agent, meta, run_dir, loop, args))
             if rank == 0:
-                total = stats[:, :5].sum(0)
-                episode_means = {}  # empty when no board finished an episode in this rollout
-                if total[0] > 0:
-                    names = ("charts/episodic_return", "charts/episodic_length", "snake/apples", "snake/length")
-                    episode_means = dict(zip(names, (total[1:] / total[0]).tolist(), strict=True))
+                last = update == sizes["num_updates"]
+                if args.eval_mode == "async":  # the last row waits for those running, within the others' patience
+                    eval_stats = (
+                        collect_async_evals(evals, log.writer, args.dist_timeout / 2 if last else 0) or eval_stats
+                    )
+                episodes = sum(stats["episodes"])
                 row = {
                     "update": update,
-                    "global_step": global_step,
+                    "global_step": loop["global_step"],
                     **losses,
                     **eval_stats,
-                    **episode_means,
-                    "snake/episodes": total[0].item(),
-                    "losses/explained_variance": stats[:, 5].mean().item(),
-                    "charts/SPS": N * T * world_size / iteration_s,
-                    "charts/learning_rate": lr,
-                    "time/rollout_s": stats[:, 7].max().item(),
-                    "time/update_s": stats[:, 8].max().item(),
+                    **{f"schedule/{k}": v for k, v in coef.items()},
+                    **{tag: sum(stats[k]) / episodes for k, tag in EPISODE_METRICS.items() if episodes},
+                    "charts/episodes": episodes,
+                    "charts/SPS": b["rewards"].numel() * world_size / (time.perf_counter() - t0),
+                    "charts/learning_rate": coef["learning_rate"],
+                    "losses/explained_variance": sum(stats["explained_variance"]) / world_size,
+                    "time/rollout_s": max(stats["rollout_s"]),
+                    "time/update_s": max(stats["update_s"]),
                 }
-                log.write(row)
-                if time.time() - last_print > args.print_interval or update == sizes["num_updates"]:
-                    print_status(row, args.total_timesteps, stats[:, 6].tolist())
-                    last_print = time.time()
+                log.write(row, stats["sps"], last)
 
             # -- checkpoint: rank 0 writes everything every rank needs to continue exactly --
             if args.checkpoint_interval and update % args.checkpoint_interval == 0:
-                shared = {
-                    "model": agent.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "update": update,
-                    "global_step": global_step,
-                    "minibatch_rng": minibatch_gen.get_state(),
-                    **meta,
-                }
-                per_rank = {
-                    "env": env.state_dict(),
-                    "rng": rng_state(device),
-                    "next_obs": next_obs,
-                    "next_done": next_done,
-                }
-                save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, per_rank, rank, world_size)
+                shared, mine = checkpoint_state(agent, optimizers, env, minibatch_gen, loop, meta, device)
+                save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, mine, rank, world_size)
 
         check_identical(agent, "at the end")
         if rank == 0:
             print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
             atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")
-            print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
+            print(f"done: {loop['global_step']:,} steps; final model in {run_dir / 'final_model.pt'}")
     return 0
 
 

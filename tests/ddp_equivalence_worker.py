@@ -30,10 +30,7 @@ optimizer = torch.optim.SGD(agent.parameters(), lr=LR)
 steps = [0]
 optimizer.register_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
 gen = torch.Generator().manual_seed(SEED_PERM)
-if script == "ppo_ddp":  # several optimizers, scheduled coefficients
-    stats = mod.ppo_update(model, [optimizer], batch, args, mod.schedules_at(args, 0.0), gen)
-else:
-    stats = mod.ppo_update(model, optimizer, batch, args, gen)
+stats = mod.ppo_update(model, [optimizer], batch, args, mod.schedules_at(args, 0.0), gen)
 if rank == 0:
     torch.save({"model": agent.state_dict(), "stats": stats, "steps": steps[0]}, out)
 del model

@@ -22,7 +22,7 @@ def make_problem(script: str, target_kl: float | None):
     moves less on its states (only the biases reach them) and the two halves see different KLs."""
     mod = importlib.import_module(script)
     args = mod.Args(hidden_size=32, num_minibatches=4, update_epochs=4, target_kl=target_kl, max_grad_norm=1e6)
-    env = mod.make_env(args, 8, "cpu", seed=3)
+    env = mod.Env(8, "cpu", 3, 0, args)
     torch.manual_seed(0)
     agent = mod.Agent(env.obs_shape, env.n_actions, args)
     g = torch.Generator().manual_seed(1)

@@ -5,10 +5,14 @@ import torch
 
 import ppo_ddp as arena
 
-Env = arena.ArenaEnv
 NOOP, UP, RIGHT, DOWN, LEFT = range(5)
-MINE, GENERATOR, ALTAR = Env.MINE, Env.GENERATOR, Env.ALTAR
+MINE, GENERATOR, ALTAR = arena.ArenaEnv.MINE, arena.ArenaEnv.GENERATOR, arena.ArenaEnv.ALTAR
 MINE_PLANE, GENERATOR_PLANE, ALTAR_PLANE, READY_PLANE, WALL_PLANE = range(5)
+
+
+def Env(num_envs: int, device="cpu", seed: int = 1, env_id_offset: int = 0, **settings):  # noqa: N802
+    """An ArenaEnv as the script builds one: its settings in an Args."""
+    return arena.ArenaEnv(num_envs, device, seed, env_id_offset, arena.Args(**settings))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,8 +59,8 @@ def expected_obs(env: Env, i: int) -> torch.Tensor:
         for dc in range(-r, r + 1):
             inside = 0 <= row + dr < env.room_size and 0 <= col + dc < env.room_size
             cell = env.cell_index(row + dr, col + dc) if inside else None
-            code = int(env.cell[i, cell]) if inside else Env.WALL
-            for plane, kind in ((0, MINE), (1, GENERATOR), (2, ALTAR), (4, Env.WALL)):
+            code = int(env.cell[i, cell]) if inside else arena.ArenaEnv.WALL
+            for plane, kind in ((0, MINE), (1, GENERATOR), (2, ALTAR), (4, arena.ArenaEnv.WALL)):
                 planes[plane, r + dr, r + dc] = code == kind
             planes[READY_PLANE, r + dr, r + dc] = code >= MINE and ready[cell]
     return torch.cat([planes.flatten(), env.inv[i].clamp(max=255).to(torch.uint8)])
@@ -67,7 +71,7 @@ def check_rooms(env: Env, obs: torch.Tensor, rooms=range(4)) -> None:
     for kind in (MINE, GENERATOR, ALTAR):
         assert ((env.cell == kind).sum(1) == (env._kinds == kind).sum()).all()
     assert torch.equal(env.cell.gather(1, env.obj_pos), env._kinds.expand_as(env.obj_pos))
-    assert (env.cell.gather(1, env.pos[:, None]) == Env.EMPTY).all(), "the agent stands on an empty cell"
+    assert (env.cell.gather(1, env.pos[:, None]) == arena.ArenaEnv.EMPTY).all(), "the agent stands on an empty cell"
     assert (env.inv >= 0).all() and (env.inv <= env._inv_max).all()
     assert obs.shape == (env.num_envs, *env.obs_shape) and obs.dtype == torch.uint8
     for i in rooms:
@@ -318,14 +322,14 @@ def test_teacher_far_ahead_of_random_play():
 def test_render_room():
     objects = [(MINE, 0, 1, 0), (GENERATOR, 2, 2, 3), (ALTAR, 1, 0, 0)]
     env = crafted((0, 0), objects, inventory=(1, 0, 2), room_size=3, num_mines=1, num_generators=1, num_altars=1)
-    lines = arena.render_room(env, 0).splitlines()
+    lines = arena.render(env, 0).splitlines()
     assert lines[0] == lines[4] == "# # # # #"
     assert lines[1:4] == ["# @ M . #", "# A . . #", "# . . g #"]
     assert lines[5].startswith("step 0/") and "ore 1/1" in lines[5] and "hearts 2" in lines[5]
 
 
 def test_bench_env_and_bad_arguments():
-    assert arena.bench_env(arena.ArenaEnv(8), steps=5) > 0
+    assert arena.bench_env(Env(8), steps=5) > 0
     for bad in ({"room_size": 2}, {"ore_max": 0}, {"mine_cooldown": -1}, {"episode_length": 0}):
         with pytest.raises(ValueError):
             Env(1, **bad)

@@ -132,7 +132,7 @@ def test_learning_rate_follows_its_schedule_in_progress_csv(tmp_path):
 def test_defaults_keep_shaped_rewards_and_uncapped_hearts():
     args = arena.Args()
     assert args.reward_shaping and args.heart_max == 0 and args.lr_schedule != "constant"
-    env = arena.make_env(args, 1, "cpu", seed=0)
+    env = arena.Env(1, "cpu", 0, 0, args)
     env._set_state(0, agent=(5, 5), objects=[(env.MINE, 5, 6, 0)])
     _, reward, _, _ = env.step(torch.tensor([env.RIGHT]))
     assert reward.item() == pytest.approx(args.ore_reward)  # shaping reaches the environment
@@ -154,7 +154,7 @@ def test_policy_gets_its_config_and_clips_its_weights():
 
 def test_muon_takes_the_hidden_matrices_and_adam_the_rest():
     agent = arena.Agent((10,), 5, arena.Args(hidden_size=16))
-    muon, adam = arena.make_optimizer(agent, arena.Args(optimizer="muon"))
+    muon, adam = arena.make_optimizers(agent, arena.Args(optimizer="muon"))
     assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.Adam)
     hidden = {id(agent.trunk[0].weight), id(agent.trunk[2].weight)}
     assert {id(p) for g in muon.param_groups for p in g["params"]} == hidden

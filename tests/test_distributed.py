@@ -131,10 +131,7 @@ def test_bf16_reaches_the_update(script):
             args.precision = precision
             model, optimizer = DDP(agent), torch.optim.SGD(agent.parameters(), lr=LR)
             gen = torch.Generator().manual_seed(SEED_PERM)
-            if script == "ppo_ddp.py":
-                mod.ppo_update(model, [optimizer], batch, args, mod.schedules_at(args, 0.0), gen)
-            else:
-                mod.ppo_update(model, optimizer, batch, args, gen)
+            mod.ppo_update(model, [optimizer], batch, args, mod.schedules_at(args, 0.0), gen)
             moved[precision] = {k: v.clone() for k, v in agent.state_dict().items()}
             del model
     finally:

@@ -5,8 +5,14 @@ import torch
 
 import ppo_ddp_snake as snake
 
-Env = snake.SnakeEnv
-UP, RIGHT, DOWN, LEFT = Env.UP, Env.RIGHT, Env.DOWN, Env.LEFT
+UP, RIGHT, DOWN, LEFT = snake.SnakeEnv.UP, snake.SnakeEnv.RIGHT, snake.SnakeEnv.DOWN, snake.SnakeEnv.LEFT
+
+
+def Env(num_envs: int, size: int = 10, device="cpu", seed: int = 1, env_id_offset: int = 0, **settings):  # noqa: N802
+    """A SnakeEnv as the script builds one: its settings in an Args."""
+    return snake.SnakeEnv(num_envs, device, seed, env_id_offset, snake.Args(board_size=size, **settings))
+
+
 MOVE = {UP: (-1, 0), RIGHT: (0, 1), DOWN: (1, 0), LEFT: (0, -1)}
 
 
@@ -261,7 +267,7 @@ def test_splitmix64_matches_the_reference():
 
 def test_render_board():
     env = crafted([(1, 2), (1, 1), (1, 0)], RIGHT, apple=(3, 3), size=4)
-    text = snake.render_board(env, 0)
+    text = snake.render(env, 0)
     lines = text.splitlines()
     assert lines[0] == lines[5] == "# # # # # #"
     assert lines[2] == "# o o @ . #" and lines[4] == "# . . . * #"

@@ -42,7 +42,7 @@ def test_two_ranks_train_identical_weights_and_complete_run_dir(ddp_run):
     rows = progress(run_dir)
     assert [int(r["update"]) for r in rows] == [1, 2, 3]
     assert [int(r["global_step"]) for r in rows] == [4096, 8192, 12288]  # every rank's steps count
-    assert set(snake.METRICS) <= set(rows[0])
+    assert set(snake.metric_names(snake.Args())) <= set(rows[0])
     assert all(float(r["losses/entropy"]) > 0 and float(r["charts/SPS"]) > 0 for r in rows)
     assert rows[1]["eval/apples"] != "" and rows[0]["eval/apples"] == ""  # eval every 2 updates
     lr = snake.Args().learning_rate  # the default schedule, linear: lr * (1 - p)
@@ -111,7 +111,7 @@ def test_eval_checkpoint(ddp_run, render):
     args = ["--eval-checkpoint", str(run_dir / "final_model.pt"), "--eval-episodes=3"]
     p = python("ppo_ddp_snake.py", *args, *(["--render", "--render-fps=1000"] if render else []), timeout=120)
     assert p.returncode == 0, explain(p)
-    assert ("1 greedy episodes" if render else "3 greedy episodes") in p.stdout and "mean apples" in p.stdout
+    assert ("1 greedy episodes" if render else "3 greedy episodes") in p.stdout and "apples per episode" in p.stdout
     assert ("@" in p.stdout and "#" in p.stdout) == render  # frames drawn only with --render
 
 
