@@ -3,6 +3,7 @@ policy's config, optimizers, evaluation modes, and the guards against silent reg
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -283,3 +284,17 @@ def test_ddp_training_at_the_defaults_learns(tmp_path):
     assert p.returncode == 0, explain(p)
     hearts = [float(r["arena/hearts"]) for r in progress(tmp_path / "runs" / "learn") if r["arena/hearts"]]
     assert len(hearts) == 8 and hearts[0] < 0.7 and hearts[-1] > 1.2, hearts
+
+
+def test_console_table_shows_each_metrics_last_known_value_and_the_time_left(tmp_path):
+    """Episodes of 48 steps, rollouts of 32: episodes end in updates 2 and 3, none in 1 and 4. The table says so
+    in update 1, and in update 4 (an empty progress.csv cell) shows update 3's value; never `nan`."""
+    args = [*SMALL, "--episode-length=48", "--eval-interval=0", "--run-name=c"]
+    p = torchrun("ppo_ddp.py", *args, cwd=tmp_path, timeout=240)
+    assert p.returncode == 0, explain(p)
+    rows = progress(tmp_path / "runs/c")
+    assert [r["arena/hearts"] != "" for r in rows] == [False, True, True, False]
+    tables = re.split(r"^ +update \d+ *$", p.stdout, flags=re.M)[1:]  # each table's title line: "update N"
+    hearts = [re.search(r"arena/hearts\s*│\s*([^│]+?)\s*│", t).group(1) for t in tables]
+    assert hearts[0] == "no episode has ended yet" and hearts[3] == f"{float(rows[2]['arena/hearts']):.2f}", hearts
+    assert len(tables) == 4 and "nan" not in p.stdout and all("time elapsed / left" in t for t in tables), p.stdout
