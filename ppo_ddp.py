@@ -203,6 +203,9 @@ class Args:
     """play random actions or the scripted teacher for eval_episodes episodes, print hearts per episode, exit"""
     render: bool = False
     """with --eval-checkpoint: draw the room in the terminal, frame by frame"""
+    capture_video: bool = False
+    """write an animated GIF of one greedy episode with each evaluation (runs/<run_name>/videos/), and with
+    --eval-checkpoint PATH beside PATH (Pillow is imported only then)"""
     render_fps: float = 10.0
     """frames per second of --render"""
 
@@ -219,7 +222,8 @@ class ArgError(ValueError):
 #     ones raise ArgError); .num_envs, .device, .obs_shape, .n_actions, .max_episode_steps; reset() -> obs;
 #     step(actions) -> (obs, reward, done, info) with each finished episode's metrics in info where done, and
 #     auto-reset; state_dict() / load_state_dict() for exact resume
-#   EPISODE_METRICS {info key: tag}; render(env, i) -> str; BASELINES {name: make(generator) -> policy(env, obs)}
+#   EPISODE_METRICS {info key: tag}; render(env, i) -> str; draw(env, i) -> uint8 image [H, W, 3] (a GIF frame)
+#   BASELINES {name: make(generator) -> policy(env, obs)}
 #   Agent(obs_shape, n_actions, cfg).forward(obs, action=None, greedy=False) -> (action, logprob, entropy, value)
 #   make_optimizers(agent, args) -> [optimizer]; schedules_at(args, p) -> {"learning_rate": ..., ...}
 #   rollout_extras(env, args) -> {name: [N] tensor} stored with each step (e.g. a teacher's actions)
@@ -515,6 +519,33 @@ BASELINES = {
     "random": lambda gen: lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,), generator=gen),
     "teacher": lambda gen: lambda env, obs: teacher_actions(env),
 }
+
+
+COLORS = {  # cell code: (ready, cooling down) colour of draw()
+    ArenaEnv.EMPTY: ((20, 20, 28), (20, 20, 28)),
+    ArenaEnv.WALL: ((90, 90, 90), (90, 90, 90)),
+    ArenaEnv.MINE: ((235, 150, 40), (110, 70, 25)),
+    ArenaEnv.GENERATOR: ((60, 150, 255), (30, 65, 120)),
+    ArenaEnv.ALTAR: ((225, 60, 225), (100, 30, 100)),
+}
+
+
+def draw(env: ArenaEnv, i: int) -> np.ndarray:
+    """Room `i` as an RGB image, one pixel per cell with its wall ring: the agent white; mines orange, generators
+    blue, altars magenta (dim while cooling down). Below, the inventory: ore (orange) and battery (blue) held,
+    then one magenta pixel per heart made (up to the width)."""
+    side = env.room_size + 2
+    cells = [env.cell_index(r, c) for r in range(-1, env.room_size + 1) for c in range(-1, env.room_size + 1)]
+    code, ready = env.cell[i].tolist(), env._per_cell((env.obj_ready_at <= env.steps[:, None]).long())[i].tolist()
+    image = np.zeros((side + 1, side, 3), dtype=np.uint8)
+    for k, c in enumerate(cells):
+        image[k // side, k % side] = COLORS[code[c]][0 if ready[c] else 1]
+    image[divmod(cells.index(int(env.pos[i])), side)] = (255, 255, 255)
+    ore, battery, hearts = env.inv[i].tolist()
+    image[side, 0] = COLORS[env.MINE][0] if ore else (0, 0, 0)
+    image[side, 1] = COLORS[env.GENERATOR][0] if battery else (0, 0, 0)
+    image[side, 3 : 3 + min(hearts, side - 3)] = COLORS[env.ALTAR][0]
+    return image
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1129,16 +1160,21 @@ def to_cpu(x):
 # Evaluation: episodes in envs of their own, in-process (rank 0) or in a separate process
 # ---------------------------------------------------------------------------------------------------
 @torch.inference_mode()
-def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=None) -> dict[str, float]:
+def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=None, frames=None) -> dict[str, float]:
     """One episode in each of `episodes` envs played together; `policy(env, obs)` returns actions. The mean of
-    each episode metric; `render_to(text)` shows env 0 frame by frame (and ends the play with its episode)."""
+    each episode metric; `render_to(text)` shows env 0 frame by frame (and ends the play with its episode);
+    `frames` (a list) receives env 0's images until its episode ends, at most MAX_VIDEO_FRAMES."""
     env = Env(episodes, device, seed, 0, args)
     obs, finished = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device)
     totals = {k: torch.zeros(episodes, device=device) for k in EPISODE_METRICS}
+    if frames is not None:
+        frames.append(draw(env, 0))
     for _ in range(env.max_episode_steps):
         obs, _, done, info = env.step(policy(env, obs))
         if render_to:
             render_to(render(env, 0))
+        if frames is not None and not finished[0] and len(frames) < MAX_VIDEO_FRAMES:
+            frames.append(draw(env, 0))  # a host copy per step: evaluation only, and only when asked
         for k, v in totals.items():
             v.copy_(torch.where(done & ~finished, info[k].float(), v))
         finished |= done
@@ -1146,6 +1182,22 @@ def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=Non
             break
     n = finished.sum().clamp(min=1)
     return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()}
+
+
+MAX_VIDEO_FRAMES = 1000  # a GIF holds at most this many steps of an episode
+
+
+def save_gif(frames: list, path: Path, fps: float = 15.0) -> None:
+    """Frames (uint8 [H, W, 3]) as an animated GIF, scaled up by a whole factor to at least 240 pixels across;
+    written atomically. Pillow is imported here only."""
+    from PIL import Image
+
+    scale = max(1, -(-240 // frames[0].shape[1]))
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
+    os.replace(tmp, path)
 
 
 def greedy(agent: nn.Module):
@@ -1167,10 +1219,12 @@ def play(args: Args) -> int:
         print("\033[H\033[J" + frame, flush=True)
         time.sleep(1.0 / args.render_fps)
 
-    episodes = 1 if args.render else args.eval_episodes
-    stats = evaluate(
-        policy, train_args, torch.device("cpu"), episodes, args.seed + 1_000_003, show if args.render else None
-    )
+    episodes, frames, device = 1 if args.render else args.eval_episodes, [] if args.capture_video else None, "cpu"
+    stats = evaluate(policy, train_args, device, episodes, args.seed + 1_000_003, show if args.render else None, frames)
+    if frames:  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
+        video = Path(args.eval_json or args.eval_checkpoint or f"baseline_{name}").with_suffix(".gif")
+        save_gif(frames, video)
+        print(f"video: {video}")
     (first, *rest), words = EPISODE_METRICS, lambda k: f"{k.replace('_', ' ')}"
     others = ", ".join(f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest)  # the first metric is the headline
     print(f"{episodes} {name} episodes: {words(first)} per episode {stats['eval/' + first]:.2f} ({others})")
@@ -1195,11 +1249,13 @@ def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, loop: dict, ar
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("TORCHELASTIC")}
     flags = [f"--eval-checkpoint={snapshot}", f"--eval-json={out}", f"--eval-episodes={args.eval_episodes}"]
+    flags += ["--capture-video"] if args.capture_video else []
     log = out.with_suffix(".log")
     with open(log, "w") as f:  # the child keeps its own handle
         cmd = [sys.executable, os.path.abspath(__file__), *flags, f"--seed={args.seed}"]
         proc = subprocess.Popen(cmd, env={**env, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT)
-    return {"proc": proc, "json": out, "log": log, "step": loop["global_step"]}
+    video = run_dir / "videos" / f"update_{loop['update']:08d}.gif"
+    return {"proc": proc, "json": out, "log": log, "step": loop["global_step"], "video": video}
 
 
 def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[str, float]:
@@ -1227,6 +1283,9 @@ def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[st
             continue
         for k, v in stats.items():
             writer.add_scalar(k, v, ev["step"])
+        if ev["json"].with_suffix(".gif").exists():  # --capture-video: into videos/ with the others
+            ev["video"].parent.mkdir(exist_ok=True)
+            os.replace(ev["json"].with_suffix(".gif"), ev["video"])
         latest = stats
     return latest
 
@@ -1518,7 +1577,12 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
             eval_stats = {}
             if rank == 0 and evaluating and args.eval_mode == "local":
-                eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, args.seed + 1_000_003)
+                frames = [] if args.capture_video else None
+                eval_stats = evaluate(
+                    greedy(agent), args, device, args.eval_episodes, args.seed + 1_000_003, None, frames
+                )
+                if frames:
+                    save_gif(frames, run_dir / "videos" / f"update_{update:08d}.gif")
             elif rank == 0 and evaluating:
                 evals.append(start_async_eval(agent, meta, run_dir, loop, args))
             if rank == 0:

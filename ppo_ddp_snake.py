@@ -147,6 +147,9 @@ class Args:
     """play random actions for eval_episodes episodes, print the mean score and exit"""
     render: bool = False
     """with --eval-checkpoint: draw the board in the terminal, frame by frame"""
+    capture_video: bool = False
+    """write an animated GIF of one greedy episode with each evaluation (runs/<run_name>/videos/), and with
+    --eval-checkpoint PATH beside PATH (Pillow is imported only then)"""
     render_fps: float = 10.0
     """frames per second of --render"""
 
@@ -163,7 +166,8 @@ class ArgError(ValueError):
 #     ones raise ArgError); .num_envs, .device, .obs_shape, .n_actions, .max_episode_steps; reset() -> obs;
 #     step(actions) -> (obs, reward, done, info) with each finished episode's metrics in info where done, and
 #     auto-reset; state_dict() / load_state_dict() for exact resume
-#   EPISODE_METRICS {info key: tag}; render(env, i) -> str; BASELINES {name: make(generator) -> policy(env, obs)}
+#   EPISODE_METRICS {info key: tag}; render(env, i) -> str; draw(env, i) -> uint8 image [H, W, 3] (a GIF frame)
+#   BASELINES {name: make(generator) -> policy(env, obs)}
 #   Agent(obs_shape, n_actions, cfg).forward(obs, action=None, greedy=False) -> (action, logprob, entropy, value)
 #   make_optimizers(agent, args) -> [optimizer]; schedules_at(args, p) -> {"learning_rate": ..., ...}
 #   rollout_extras(env, args) -> {name: [N] tensor} stored with each step (e.g. a teacher's actions)
@@ -373,6 +377,21 @@ def render(env: SnakeEnv, i: int) -> str:
     wall = " ".join("#" * (env.size + 2))
     status = f"length {int(env.length[i])}  hunger {int(env.hunger[i])}/{env.max_hunger}"
     return "\n".join([wall, *rows, wall, status])
+
+
+def draw(env: SnakeEnv, i: int) -> np.ndarray:
+    """Board `i` as an RGB image, one pixel per cell and a wall ring: head yellow, body green (brighter towards
+    the head), apple red, walls grey."""
+    s, life = env.size, env.life[i].view(env.size, env.size).cpu().float()
+    image = torch.full((s + 2, s + 2, 3), 90, dtype=torch.uint8)  # the wall ring
+    board = image[1:-1, 1:-1]
+    board[:] = torch.tensor([15, 15, 25], dtype=torch.uint8)
+    body = life > 0
+    green = 90 + 130 * life[body] / life.max().clamp(min=1)
+    board[body] = torch.stack([torch.zeros_like(green), green, torch.full_like(green, 40)], 1).to(torch.uint8)
+    board[divmod(int(env.apple[i]), s)] = torch.tensor([230, 40, 40], dtype=torch.uint8)
+    board[divmod(int(env.head[i]), s)] = torch.tensor([250, 220, 40], dtype=torch.uint8)
+    return image.numpy()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -894,16 +913,21 @@ def to_cpu(x):
 # Evaluation: episodes in envs of their own, in-process (rank 0) or in a separate process
 # ---------------------------------------------------------------------------------------------------
 @torch.inference_mode()
-def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=None) -> dict[str, float]:
+def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=None, frames=None) -> dict[str, float]:
     """One episode in each of `episodes` envs played together; `policy(env, obs)` returns actions. The mean of
-    each episode metric; `render_to(text)` shows env 0 frame by frame (and ends the play with its episode)."""
+    each episode metric; `render_to(text)` shows env 0 frame by frame (and ends the play with its episode);
+    `frames` (a list) receives env 0's images until its episode ends, at most MAX_VIDEO_FRAMES."""
     env = Env(episodes, device, seed, 0, args)
     obs, finished = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device)
     totals = {k: torch.zeros(episodes, device=device) for k in EPISODE_METRICS}
+    if frames is not None:
+        frames.append(draw(env, 0))
     for _ in range(env.max_episode_steps):
         obs, _, done, info = env.step(policy(env, obs))
         if render_to:
             render_to(render(env, 0))
+        if frames is not None and not finished[0] and len(frames) < MAX_VIDEO_FRAMES:
+            frames.append(draw(env, 0))  # a host copy per step: evaluation only, and only when asked
         for k, v in totals.items():
             v.copy_(torch.where(done & ~finished, info[k].float(), v))
         finished |= done
@@ -911,6 +935,22 @@ def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=Non
             break
     n = finished.sum().clamp(min=1)
     return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()}
+
+
+MAX_VIDEO_FRAMES = 1000  # a GIF holds at most this many steps of an episode
+
+
+def save_gif(frames: list, path: Path, fps: float = 15.0) -> None:
+    """Frames (uint8 [H, W, 3]) as an animated GIF, scaled up by a whole factor to at least 240 pixels across;
+    written atomically. Pillow is imported here only."""
+    from PIL import Image
+
+    scale = max(1, -(-240 // frames[0].shape[1]))
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
+    os.replace(tmp, path)
 
 
 def greedy(agent: nn.Module):
@@ -932,10 +972,12 @@ def play(args: Args) -> int:
         print("\033[H\033[J" + frame, flush=True)
         time.sleep(1.0 / args.render_fps)
 
-    episodes = 1 if args.render else args.eval_episodes
-    stats = evaluate(
-        policy, train_args, torch.device("cpu"), episodes, args.seed + 1_000_003, show if args.render else None
-    )
+    episodes, frames, device = 1 if args.render else args.eval_episodes, [] if args.capture_video else None, "cpu"
+    stats = evaluate(policy, train_args, device, episodes, args.seed + 1_000_003, show if args.render else None, frames)
+    if frames:  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
+        video = Path(args.eval_json or args.eval_checkpoint or f"baseline_{name}").with_suffix(".gif")
+        save_gif(frames, video)
+        print(f"video: {video}")
     (first, *rest), words = EPISODE_METRICS, lambda k: f"{k.replace('_', ' ')}"
     others = ", ".join(f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest)  # the first metric is the headline
     print(f"{episodes} {name} episodes: {words(first)} per episode {stats['eval/' + first]:.2f} ({others})")
@@ -960,11 +1002,13 @@ def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, loop: dict, ar
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("TORCHELASTIC")}
     flags = [f"--eval-checkpoint={snapshot}", f"--eval-json={out}", f"--eval-episodes={args.eval_episodes}"]
+    flags += ["--capture-video"] if args.capture_video else []
     log = out.with_suffix(".log")
     with open(log, "w") as f:  # the child keeps its own handle
         cmd = [sys.executable, os.path.abspath(__file__), *flags, f"--seed={args.seed}"]
         proc = subprocess.Popen(cmd, env={**env, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT)
-    return {"proc": proc, "json": out, "log": log, "step": loop["global_step"]}
+    video = run_dir / "videos" / f"update_{loop['update']:08d}.gif"
+    return {"proc": proc, "json": out, "log": log, "step": loop["global_step"], "video": video}
 
 
 def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[str, float]:
@@ -992,6 +1036,9 @@ def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[st
             continue
         for k, v in stats.items():
             writer.add_scalar(k, v, ev["step"])
+        if ev["json"].with_suffix(".gif").exists():  # --capture-video: into videos/ with the others
+            ev["video"].parent.mkdir(exist_ok=True)
+            os.replace(ev["json"].with_suffix(".gif"), ev["video"])
         latest = stats
     return latest
 
@@ -1283,7 +1330,12 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
             eval_stats = {}
             if rank == 0 and evaluating and args.eval_mode == "local":
-                eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, args.seed + 1_000_003)
+                frames = [] if args.capture_video else None
+                eval_stats = evaluate(
+                    greedy(agent), args, device, args.eval_episodes, args.seed + 1_000_003, None, frames
+                )
+                if frames:
+                    save_gif(frames, run_dir / "videos" / f"update_{update:08d}.gif")
             elif rank == 0 and evaluating:
                 evals.append(start_async_eval(agent, meta, run_dir, loop, args))
             if rank == 0:

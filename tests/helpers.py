@@ -153,3 +153,12 @@ def wandb_records(path: Path) -> list:
             records.append(wandb_internal_pb2.Record.FromString(chunk))
             chunk = b""
     return records
+
+
+def gif_frames(path: Path) -> int:
+    """How many frames the GIF at `path` holds (it must open as a GIF)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "GIF", f"{path} is a {image.format}"
+        return image.n_frames

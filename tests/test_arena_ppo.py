@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import explain, progress, python, torchrun
+from helpers import explain, gif_frames, progress, python, torchrun
 
 import ppo_ddp as arena
 
@@ -68,12 +68,17 @@ def test_the_hack_trains_without_find_unused(tmp_path):
 
 
 def test_async_evaluation_logs_into_progress_and_tensorboard(tmp_path):
-    p = torchrun("ppo_ddp.py", *SMALL, "--eval-mode=async", "--run-name=a", cwd=tmp_path, timeout=240)
+    """Also --capture-video: each separate evaluation's GIF (a multi-frame episode) lands in runs/a/videos/."""
+    args = [*SMALL, "--eval-mode=async", "--capture-video", "--run-name=a"]
+    p = torchrun("ppo_ddp.py", *args, cwd=tmp_path, timeout=240)
     assert p.returncode == 0, explain(p)
     results = sorted((tmp_path / "runs/a/eval").glob("update_*.json"))
     assert [r.name for r in results] == ["update_00000002_step_8192.json", "update_00000004_step_16384.json"]
     assert set(json.loads(results[0].read_text())) >= {"eval/hearts", "eval/episode_return"}
     assert progress(tmp_path / "runs/a")[-1]["eval/hearts"] != ""  # the last row waited for the last one
+    videos = sorted((tmp_path / "runs/a/videos").iterdir())
+    assert [v.name for v in videos] == ["update_00000002.gif", "update_00000004.gif"]
+    assert all(gif_frames(v) > 1 for v in videos)
 
 
 @pytest.mark.parametrize("fault", ["eval-crash", "eval-hang"])

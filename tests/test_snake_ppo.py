@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import explain, progress, python, torchrun, wandb_records
+from helpers import explain, gif_frames, progress, python, torchrun, wandb_records
 
 import ppo_ddp_snake as snake
 
@@ -29,7 +29,7 @@ def ddp_run(tmp_path_factory):
     (offline, into the run's working directory)."""
     cwd = tmp_path_factory.mktemp("snake")
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(cwd)}
-    p = torchrun("ppo_ddp_snake.py", *SMALL, "--run-name=t", "--track", cwd=cwd, timeout=240, **env)
+    p = torchrun("ppo_ddp_snake.py", *SMALL, "--run-name=t", "--track", "--capture-video", cwd=cwd, timeout=240, **env)
     assert p.returncode == 0, explain(p)
     return cwd, cwd / "runs" / "t", p
 
@@ -103,6 +103,17 @@ def test_checkpoint_has_no_prefix_and_loads_in_one_process(ddp_run):
     assert ckpt["update"] == 3 and ckpt["global_step"] == 12288 and len(ckpt["env"]) == 2
     final = torch.load(run_dir / "final_model.pt", map_location="cpu", weights_only=False)
     assert all(torch.equal(final["model"][k], v) for k, v in ckpt["model"].items())
+
+
+def test_capture_video_writes_a_gif_per_evaluation_and_beside_a_checkpoint(ddp_run):
+    """--capture-video: rank 0's evaluation (every 2 updates) writes runs/t/videos/update_00000002.gif, a
+    multi-frame GIF of a greedy episode; --eval-checkpoint PATH --capture-video writes one beside PATH."""
+    _, run_dir, _ = ddp_run
+    assert [v.name for v in (run_dir / "videos").iterdir()] == ["update_00000002.gif"]
+    assert gif_frames(run_dir / "videos/update_00000002.gif") > 1
+    p = python("ppo_ddp_snake.py", "--eval-checkpoint", str(run_dir / "final_model.pt"), "--capture-video", timeout=120)
+    assert p.returncode == 0 and f"video: {run_dir / 'final_model.gif'}" in p.stdout, explain(p)
+    assert gif_frames(run_dir / "final_model.gif") > 1
 
 
 @pytest.mark.parametrize("render", [False, True])
