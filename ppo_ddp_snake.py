@@ -105,8 +105,10 @@ class Args:
     """width of the two hidden layers of the MLP shared by actor and critic"""
 
     # DDP
-    find_unused: bool = False
-    """DDP(find_unused_parameters=True); every output is used here, so it only costs a graph traversal"""
+    find_unused: Literal["auto", "on", "off"] = "auto"
+    """DDP(find_unused_parameters=...): auto = on exactly when the loss leaves some parameter without a gradient
+    (never here: every output is used; on would only cost a graph traversal). --find-unused and
+    --no-find-unused mean on and off"""
     static_graph: bool = False
     """DDP(static_graph=True)"""
     pin_cpus: bool = True
@@ -1158,8 +1160,18 @@ class RunLog:
 # ---------------------------------------------------------------------------------------------------
 # Main: argument checks, the other modes, DDP set-up and teardown
 # ---------------------------------------------------------------------------------------------------
+def find_unused_aliases(argv: list[str]) -> list[str]:
+    """--find-unused alone means --find-unused=on and --no-find-unused means --find-unused=off: the flags of the
+    three-way --find-unused {auto,on,off}."""
+    out = []
+    for i, a in enumerate(argv):
+        alone = a == "--find-unused" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+        out.append("--find-unused=on" if alone else "--find-unused=off" if a == "--no-find-unused" else a)
+    return out
+
+
 def main() -> int:
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, args=find_unused_aliases(sys.argv[1:]))
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     use_cuda = args.cuda and torch.cuda.is_available()
@@ -1256,9 +1268,10 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     loop = {"update": 0, "global_step": 0, "next_obs": env.reset()}
     loop["next_done"] = torch.zeros(args.num_envs, device=device)
 
-    # -- fail fast, on every rank alike, when the loss leaves parameters unused and DDP is not told --
+    # -- find_unused_parameters where the loss leaves parameters unused (auto); fail fast where DDP is not told --
     unused = unused_parameters(agent, env, loop["next_obs"], args)
-    if unused and not args.find_unused:
+    find_unused = bool(unused) if args.find_unused == "auto" else args.find_unused == "on"
+    if unused and not find_unused:
         raise ArgError(
             f"--loss {args.loss} gives no gradient to {', '.join(unused)}, which DDP refuses "
             f"('Expected to have finished reduction in the prior iteration'); fix: --find-unused or --hack"
@@ -1275,7 +1288,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     model = DDP(
         agent,
         device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=args.find_unused,
+        find_unused_parameters=find_unused,
         static_graph=args.static_graph,
     )
     check_identical(agent, "after wrapping")
@@ -1292,7 +1305,8 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
         print(
             f"run {args.run_name}: loss {args.loss}, world size {world_size}, device {device}, {args.num_envs} envs "
             f"per rank, batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
-            f"{sizes['num_updates']} updates; unused parameters: {', '.join(unused) or 'none'}"
+            f"{sizes['num_updates']} updates; unused parameters: {', '.join(unused) or 'none'}, so "
+            f"find_unused_parameters={find_unused} (--find-unused {args.find_unused})"
         )
         if sizes["num_updates"] < FEW_UPDATES:
             print(

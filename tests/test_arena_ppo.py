@@ -31,8 +31,10 @@ def test_each_loss_trains_on_two_ranks_with_identical_weights(tmp_path, loss):
     p = torchrun("ppo_ddp.py", *SMALL, f"--loss={loss}", "--run-name=r", cwd=tmp_path, timeout=240)
     assert p.returncode == 0, explain(p)
     assert "parameters identical on all 2 ranks after 4 updates" in p.stdout
-    unused = "none" if loss == "ppo" else "critic.weight, critic.bias"
-    assert f"unused parameters: {unused}" in p.stdout
+    unused = "none" if loss == "ppo" else "critic.weight, critic.bias"  # --find-unused auto follows the probe
+    assert f"unused parameters: {unused}, so find_unused_parameters={loss != 'ppo'} (--find-unused auto)" in p.stdout
+    if loss == "ppo":  # no PyTorch warning that find_unused_parameters=True found nothing unused
+        assert "find_unused_parameters=True was specified" not in p.stderr, p.stderr
     rows = progress(tmp_path / "runs/r")
     assert [int(r["global_step"]) for r in rows] == [4096, 8192, 12288, 16384]
     assert all(float(r["losses/entropy"]) > 0 for r in rows)
@@ -63,6 +65,7 @@ def test_the_hack_trains_without_find_unused(tmp_path):
         timeout=240,
     )
     assert p.returncode == 0, explain(p)
+    assert "unused parameters: none, so find_unused_parameters=False (--find-unused off)" in p.stdout
     assert "parameters identical on all 2 ranks after 4 updates" in p.stdout
     assert all(r["eval/hearts"] == "" for r in progress(tmp_path / "runs/h"))  # --eval-mode none
 
@@ -244,6 +247,14 @@ def test_bad_arguments_exit_2(flags, message):
     assert p.stderr.startswith("error: ") and message in p.stderr and p.stderr.strip().count("\n") == 0, explain(p)
 
 
+def test_find_unused_flags_mean_on_and_off():
+    aliases = arena.find_unused_aliases
+    assert aliases(["--find-unused"]) == ["--find-unused=on"]
+    assert aliases(["--find-unused", "--hack"]) == ["--find-unused=on", "--hack"]
+    assert aliases(["--find-unused", "auto"]) == ["--find-unused", "auto"]
+    assert aliases(["--no-find-unused", "--seed=2"]) == ["--find-unused=off", "--seed=2"]
+
+
 def test_bad_arguments_unknown_loss_is_refused_by_the_parser():
     p = python("ppo_ddp.py", "--loss=nope", timeout=60)
     assert p.returncode == 2 and "invalid choice 'nope' for argument '--loss'" in p.stderr, explain(p)
@@ -293,10 +304,12 @@ def test_ddp_training_at_the_defaults_learns(tmp_path):
 
 def test_console_table_shows_each_metrics_last_known_value_and_the_time_left(tmp_path):
     """Episodes of 48 steps, rollouts of 32: episodes end in updates 2 and 3, none in 1 and 4. The table says so
-    in update 1, and in update 4 (an empty progress.csv cell) shows update 3's value; never `nan`."""
-    args = [*SMALL, "--episode-length=48", "--eval-interval=0", "--run-name=c"]
+    in update 1, and in update 4 (an empty progress.csv cell) shows update 3's value; never `nan`. (Also: an
+    explicit --find-unused wins over the probe.)"""
+    args = [*SMALL, "--episode-length=48", "--eval-interval=0", "--find-unused", "--run-name=c"]
     p = torchrun("ppo_ddp.py", *args, cwd=tmp_path, timeout=240)
     assert p.returncode == 0, explain(p)
+    assert "unused parameters: none, so find_unused_parameters=True (--find-unused on)" in p.stdout
     rows = progress(tmp_path / "runs/c")
     assert [r["arena/hearts"] != "" for r in rows] == [False, True, True, False]
     tables = re.split(r"^ +update \d+ *$", p.stdout, flags=re.M)[1:]  # each table's title line: "update N"

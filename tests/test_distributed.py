@@ -31,7 +31,15 @@ SMALL = [
 
 @pytest.fixture(params=["ppo_ddp_snake.py", "ppo_ddp.py"])
 def script(request):
+    """Both scripts: what depends on the environment and the agent as well (equivalence, exact resume)."""
     return request.param
+
+
+@pytest.fixture
+def machinery():
+    """One script for what the machinery alone does (failures, nodes, checkpoints on disk): it is byte-identical
+    in both (tests/test_template.py), and CI's time is better spent once."""
+    return "ppo_ddp.py"
 
 
 def weights(path):
@@ -208,18 +216,18 @@ def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path, script):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_exception_on_one_rank_ends_the_job(tmp_path, script):
+def test_exception_on_one_rank_ends_the_job(tmp_path, machinery):
     """Rank 1 raises at update 2 while rank 0 waits in a collective: the job ends, it does not hang."""
     t0 = time.time()
-    p = torchrun(script, *SMALL, "--total-timesteps=40960", cwd=tmp_path, timeout=120, PPO_DDP_FAULT="1:2")
+    p = torchrun(machinery, *SMALL, "--total-timesteps=40960", cwd=tmp_path, timeout=120, PPO_DDP_FAULT="1:2")
     assert p.returncode == 1, explain(p)
     assert "RuntimeError: injected fault on rank 1 at update 2" in p.stderr and "Traceback" in p.stderr
     assert time.time() - t0 < 60  # well inside --dist-timeout=60 plus start-up
 
 
-def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tmp_path, script):
+def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tmp_path, machinery):
     proc = start(
-        torchrun_cmd(script, *SMALL, "--total-timesteps=4096000", "--checkpoint-interval=2", "--run-name=c"),
+        torchrun_cmd(machinery, *SMALL, "--total-timesteps=4096000", "--checkpoint-interval=2", "--run-name=c"),
         cwd=tmp_path,
     )
     ckpts = lambda: sorted((tmp_path / "runs/c/checkpoints").glob("update_*.pt"))  # noqa: E731
@@ -232,13 +240,13 @@ def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tmp_path, script):
     assert torch.load(ckpts()[-1], weights_only=False)["update"] % 2 == 0
 
 
-def test_two_nodes_train_one_model(tmp_path, script):
+def test_two_nodes_train_one_model(tmp_path, machinery):
     """Two torchrun launches, one process each, meet at a c10d rendezvous and train one model together."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     launcher = ("--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two")
-    cmd = torchrun_cmd(script, *SMALL, "--total-timesteps=12288", "--run-name=n", nproc=1, launcher_args=launcher)
+    cmd = torchrun_cmd(machinery, *SMALL, "--total-timesteps=12288", "--run-name=n", nproc=1, launcher_args=launcher)
     dirs = [tmp_path / "node0", tmp_path / "node1"]  # a working directory per "machine"
     for d in dirs:
         d.mkdir()
@@ -252,7 +260,7 @@ def test_two_nodes_train_one_model(tmp_path, script):
     assert [bool(list(d.iterdir())) for d in dirs].count(False) == 1  # the other wrote nothing at all
 
 
-def test_two_nodes_with_different_hardware_agree_on_sizes(tmp_path, script):
+def test_two_nodes_with_different_hardware_agree_on_sizes(tmp_path, machinery):
     """--num-envs 0 on two "machines" with 1 and 2 threads: each alone would pick 256 and 512 envs (256 per
     thread, the total leaves room for 512); they agree on the smallest, train together and end bit-identical
     (compared exactly: a float checksum would differ with the thread count)."""
@@ -261,7 +269,7 @@ def test_two_nodes_with_different_hardware_agree_on_sizes(tmp_path, script):
         d.mkdir()
     args = [*SMALL[2:], "--num-envs=0", "--num-steps=2", "--total-timesteps=204800", "--checkpoint-interval=0"]
     args.remove("--hidden-size=32")  # the default 128: enough weights that a sum's order follows the threads
-    results = [finish(p, 240) for p in start_two_nodes(script, *args, "--run-name=h", dirs=dirs, threads=(1, 2))]
+    results = [finish(p, 240) for p in start_two_nodes(machinery, *args, "--run-name=h", dirs=dirs, threads=(1, 2))]
     assert all(r.returncode == 0 for r in results), "".join(explain(r) for r in results)
     assert "parameters identical on all 2 ranks after 200 updates" in results[0].stdout, explain(results[0])
     config = json.loads((dirs[0] / "runs/h/config.json").read_text())
@@ -269,7 +277,7 @@ def test_two_nodes_with_different_hardware_agree_on_sizes(tmp_path, script):
     assert not (dirs[1] / "runs").exists()
 
 
-def test_two_nodes_resume_from_node0s_checkpoint(tmp_path, script):
+def test_two_nodes_resume_from_node0s_checkpoint(tmp_path, machinery):
     """Two "machines" without a shared filesystem, stopped (Ctrl-C) after some checkpoints and relaunched with
     --resume: rank 0 reads its checkpoint and sends rank 1 its part, so both continue from it; the run ends
     with a gap-free progress.csv and the weights of an uninterrupted run, and node 1's directory stays empty."""
@@ -279,7 +287,7 @@ def test_two_nodes_resume_from_node0s_checkpoint(tmp_path, script):
     for d in dirs:
         d.mkdir()
     ckpts = lambda: sorted((dirs[0] / "runs/n/checkpoints").glob("update_*.pt"))  # noqa: E731
-    procs = start_two_nodes(script, *args, dirs=dirs[:2])
+    procs = start_two_nodes(machinery, *args, dirs=dirs[:2])
     assert wait_for(lambda: len(ckpts()) >= 2, 120, procs[0]), finish(procs[0], 5)
     for p in procs:
         os.killpg(p.pid, signal.SIGINT)
@@ -287,12 +295,12 @@ def test_two_nodes_resume_from_node0s_checkpoint(tmp_path, script):
     assert all(r.returncode != 0 for r in stopped), "".join(explain(r) for r in stopped)
     last = torch.load(ckpts()[-1], weights_only=False)["update"]
     assert last < total
-    resumed = [finish(p, 240) for p in start_two_nodes(script, *args, "--resume", dirs=dirs[:2])]
+    resumed = [finish(p, 240) for p in start_two_nodes(machinery, *args, "--resume", dirs=dirs[:2])]
     assert all(r.returncode == 0 for r in resumed), "".join(explain(r) for r in resumed)
     assert f"resumed from runs/n/checkpoints/update_{last:08d}.pt at update {last}" in resumed[0].stdout
     assert [int(r["update"]) for r in progress(dirs[0] / "runs/n")] == list(range(1, total + 1))
     assert not list(dirs[1].iterdir())  # rank 1 wrote nothing, not even an empty runs/
-    full = [finish(p, 240) for p in start_two_nodes(script, *args, dirs=dirs[2:])]
+    full = [finish(p, 240) for p in start_two_nodes(machinery, *args, dirs=dirs[2:])]
     assert all(r.returncode == 0 for r in full), "".join(explain(r) for r in full)
     wa, wb = weights(dirs[0] / "runs/n/final_model.pt"), weights(dirs[2] / "runs/n/final_model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -322,20 +330,20 @@ def test_auto_num_envs_leaves_enough_updates_on_any_number_of_gpus(name):
     assert mod.auto_num_envs(65536, mod.Args(total_timesteps=10), 4) == 1  # never 0
 
 
-def test_nan_loss_stops_every_rank(tmp_path, script):
-    p = torchrun(script, *SMALL, "--total-timesteps=40960", "--learning-rate=1e30", cwd=tmp_path, timeout=120)
+def test_nan_loss_stops_every_rank(tmp_path, machinery):
+    p = torchrun(machinery, *SMALL, "--total-timesteps=40960", "--learning-rate=1e30", cwd=tmp_path, timeout=120)
     assert p.returncode != 0, explain(p)
     assert p.stderr.count("error: non-finite gradient norm (nan)") == 2  # one line from each rank
     assert p.stderr.count("training stopped on every rank") == 2
 
 
-def test_corrupt_checkpoint_and_failed_write(tmp_path, script):
+def test_corrupt_checkpoint_and_failed_write(tmp_path, machinery):
     """A truncated checkpoint and one that unpickles but lacks a key: --eval-checkpoint names each (exit 2), and
     resume falls back past both to the last good one. A checkpoint that cannot be written (here its temporary
     name is taken by a directory; a full disk fails the same way) stops every rank with one line, and leaves
     the earlier checkpoints and progress.csv as they were."""
     args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=1", "--run-name=k"]
-    p = torchrun(script, *args, cwd=tmp_path, timeout=180)
+    p = torchrun(machinery, *args, cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
     ckpts = tmp_path / "runs/k/checkpoints"
     truncated, lacking = ckpts / "update_00000003.pt", ckpts / "update_00000002.pt"
@@ -344,11 +352,11 @@ def test_corrupt_checkpoint_and_failed_write(tmp_path, script):
     del ckpt["n_actions"]
     torch.save(ckpt, lacking)
     for bad, why in ((truncated, ""), (lacking, ": it lacks n_actions")):
-        p = python(script, "--eval-checkpoint", str(bad), timeout=60)
+        p = python(machinery, "--eval-checkpoint", str(bad), timeout=60)
         assert p.returncode == 2 and p.stderr.startswith(f"error: cannot load checkpoint {bad}{why}"), explain(p)
     (ckpts / "update_00000002.pt.tmp").mkdir()  # the resumed run's next checkpoint cannot be written
     first_row = progress(tmp_path / "runs/k")[0]
-    p = torchrun(script, *args, "--resume", cwd=tmp_path, timeout=180)
+    p = torchrun(machinery, *args, "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 1, explain(p)
     assert p.stderr.count("falling back to the previous checkpoint") == 2  # rank 0 alone reads, once per bad file
     assert "resumed from runs/k/checkpoints/update_00000001.pt" in p.stdout
@@ -358,7 +366,7 @@ def test_corrupt_checkpoint_and_failed_write(tmp_path, script):
     rows = progress(tmp_path / "runs/k")  # update 2 was done again and logged before its checkpoint failed
     assert [r["update"] for r in rows] == ["1", "2"] and rows[0] == first_row
     (ckpts / "update_00000002.pt.tmp").rmdir()
-    p = torchrun(script, *args, "--resume", cwd=tmp_path, timeout=180)
+    p = torchrun(machinery, *args, "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
     assert [int(r["update"]) for r in progress(tmp_path / "runs/k")] == [1, 2, 3]
 
@@ -410,17 +418,23 @@ def test_sigterm_during_a_checkpoint_write_leaves_the_latest_checkpoint_loadable
     assert [int(r["update"]) for r in progress(tmp_path / "runs/p")] == [1, 2, 3]
 
 
-def test_resume_with_changed_schedule_is_refused(tmp_path, script):
+def test_resume_with_changed_schedule_is_refused(tmp_path, machinery):
     """Also: a run name that holds a run is not reused without --resume (exit 2 on every rank, nothing touched)."""
     p = torchrun(
-        script, *SMALL, "--total-timesteps=8192", "--checkpoint-interval=1", "--run-name=s", cwd=tmp_path, timeout=180
+        machinery,
+        *SMALL,
+        "--total-timesteps=8192",
+        "--checkpoint-interval=1",
+        "--run-name=s",
+        cwd=tmp_path,
+        timeout=180,
     )
     assert p.returncode == 0, explain(p)
     files = {f: f.read_bytes() for f in (tmp_path / "runs/s").rglob("*") if f.is_file()}
-    p = torchrun(script, *SMALL, "--total-timesteps=8192", "--run-name=s", cwd=tmp_path, timeout=120)
+    p = torchrun(machinery, *SMALL, "--total-timesteps=8192", "--run-name=s", cwd=tmp_path, timeout=120)
     assert p.returncode != 0 and "exitcode: 2" in p.stderr
     assert p.stderr.count("error: runs/s already holds a run: continue it with --resume") == 2, explain(p)
     assert files == {f: f.read_bytes() for f in (tmp_path / "runs/s").rglob("*") if f.is_file()}
-    p = torchrun(script, *SMALL, "--total-timesteps=16384", "--run-name=s", "--resume", cwd=tmp_path, timeout=120)
+    p = torchrun(machinery, *SMALL, "--total-timesteps=16384", "--run-name=s", "--resume", cwd=tmp_path, timeout=120)
     assert p.returncode != 0 and "exitcode: 2" in p.stderr
     assert p.stderr.count("was written with total_timesteps=8192; resume with the same value") == 2
