@@ -7,7 +7,8 @@
   python ppo_ddp.py --baseline teacher                                        # hearts per episode of the teacher
 
 Losses: `ppo` uses every output; `grpo` and `action_supervised` leave the critic without a gradient, which
-DDP refuses unless find_unused_parameters=True (the default here) or the `0.0 * value.sum()` hack (`--hack`).
+DDP refuses unless find_unused_parameters=True (`--find-unused auto`, the default, turns it on exactly then) or
+the `0.0 * value.sum()` hack (`--hack`).
 Each rank steps its own rooms (seeded by global room id), collects a rollout with the plain module, and
 trains through the DDP wrapper. Rank 0 alone logs, evaluates and writes runs/<run_name>/.
 """
