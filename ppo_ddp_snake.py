@@ -1089,9 +1089,10 @@ class RunLog:
     --track, wandb. Used with `with`: every exit path closes the files and finishes the wandb run with its exit
     code."""
 
-    def __init__(self, run_dir: Path, config: dict, args: Args, last_update: int):
+    def __init__(self, run_dir: Path, config: dict, args: Args, last_update: int, start_step: int):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.wandb, self.args, self.started, self.last_print, self.shown = None, args, time.time(), 0.0, {}
+        self.wandb, self.args, self.last_print, self.shown = None, args, 0.0, {}
+        self.started, self.start_step = time.time(), start_step  # this session's pace gives the time left
         if args.track:  # imported only when asked for; before SummaryWriter, whose scalars it mirrors
             import wandb
 
@@ -1124,7 +1125,7 @@ class RunLog:
 
         r, total = self.shown, self.args.total_timesteps
         elapsed = time.time() - self.started
-        left = elapsed * (total - r["global_step"]) / max(r["global_step"], 1)  # hmm: this session's steps
+        left = elapsed * (total - r["global_step"]) / max(r["global_step"] - self.start_step, 1)
         table = Table(title=f"update {r['update']}", show_header=False)
         table.add_row("steps", f"{r['global_step']:,} / {total:,} ({100 * r['global_step'] / total:.1f}%)")
         table.add_row("time elapsed / left", f"{elapsed / 60:.1f} min / {left / 60:.1f} min")
@@ -1301,7 +1302,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     log, evals = None, []  # evals: separate evaluations still running (--eval-mode async)
     if rank == 0:
         config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device), "ranks": ranks}
-        log = RunLog(run_dir, config, args, loop["update"])
+        log = RunLog(run_dir, config, args, loop["update"], loop["global_step"])
         print(
             f"run {args.run_name}: loss {args.loss}, world size {world_size}, device {device}, {args.num_envs} envs "
             f"per rank, batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
