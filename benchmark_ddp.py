@@ -37,6 +37,7 @@ from itertools import pairwise
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before init_process_group, or destroy_process_group frees nothing (README)
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro

@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before init_process_group, or destroy_process_group frees nothing (README)
 import torch.nn as nn
 import tyro
 from torch.distributions.categorical import Categorical

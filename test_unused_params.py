@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before init_process_group, or destroy_process_group frees nothing (README)
 import torch.nn as nn
 import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
