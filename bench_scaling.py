@@ -21,8 +21,10 @@ its two processes' medians. Ratios are taken within a round and summarized by th
 """
 
 import csv
+import datetime
 import json
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -132,6 +134,14 @@ def median_sps(run_dir: Path, skip: int) -> float:
     return statistics.median(float(r["charts/SPS"]) for r in rows)
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> int:
     args = tyro.cli(Args)
     try:
@@ -142,6 +152,7 @@ def main() -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sps = {arm: [] for arm in ARMS}
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for r in range(args.rounds):
         order = ARMS[r % 3 :] + ARMS[: r % 3]
         for arm in order:
@@ -158,7 +169,8 @@ def main() -> int:
     for k, v in ratios.items():
         print(f"  {k:<22} {statistics.median(v):>10.3f}  (rounds: {', '.join(f'{x:.3f}' for x in v)})")
     if args.json_out:
-        result = {"args": asdict(args), "sps": sps, "ratios": ratios}
+        machine = {"cpu": cpu_name(), "cpus": len(os.sched_getaffinity(0)), "date": started}
+        result = {"args": asdict(args), "machine": machine, "sps": sps, "ratios": ratios}
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

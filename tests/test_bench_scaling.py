@@ -5,6 +5,8 @@ import json
 import pytest
 from helpers import explain, progress, python
 
+import plots
+
 TINY = "--num-steps 32 --hidden-size 32"
 
 
@@ -39,6 +41,9 @@ def test_one_round_runs_every_arm_and_reports_consistent_ratios(tmp_path):
         assert (config["num_envs"], config["num_steps"], config["hidden_size"]) == (64, 32, 32), run
         assert len(progress(out / "runs" / run)) == 8, run
     assert "DDP / 1 rank" in p.stdout and "2 independent" in p.stdout
+    assert d["machine"]["cpu"] and d["machine"]["cpus"] >= 2 and d["machine"]["date"].startswith("20")
+    result.rename(tmp_path / "scaling_snake.json")  # the README's chart, drawn from this JSON
+    assert plots.scaling_chart(tmp_path, tmp_path / "scaling.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ import json
 import pytest
 from helpers import explain, python, torchrun
 
+import plots
+
 PHASES = ("zero_grad", "forward", "loss_compute", "backward", "optimizer", "total")
 TINY = ("--warmup", "3", "--batch-size", "16", "--obs-dim", "16", "--hidden-dim", "16")
 TINY += ("--action-dim", "4", "--aux-dim", "4")
@@ -12,7 +14,7 @@ TINY += ("--action-dim", "4", "--aux-dim", "4")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    out = tmp_path_factory.mktemp("bench") / "bench_ddp.json"
     p = torchrun("benchmark_ddp.py", *TINY, "--iterations", "6", "--block-size", "2", "--json-out", str(out))
     assert p.returncode == 0, explain(p)
     return p, json.loads(out.read_text())
@@ -28,6 +30,11 @@ def check_timed(r: dict, iterations: int, world_size: int) -> None:
         assert s["verdict"] in ("baseline", "faster", "slower") or s["verdict"].startswith("no significant")
         assert len(r["iterations_ms"][phase]) == iterations
     assert len(r["per_rank_total_mean_ms"]) == world_size
+
+
+def test_the_readme_chart_is_drawn_from_the_json(run, tmp_path):
+    (tmp_path / "bench_ddp.json").write_text(json.dumps(run[1]))
+    assert plots.benchmark_chart(tmp_path, tmp_path / "benchmark_ddp.png").stat().st_size > 10_000
 
 
 def test_json_holds_every_approach_phase_and_statistic(run):

@@ -1,0 +1,240 @@
+"""Every chart in the README, drawn from what the runs and benchmarks wrote: nothing in here is a typed-in figure.
+
+  python plots.py                                   # results/ -> the PNGs next to the README
+  python plots.py --results R --out-dir D           # another results directory (the tests use a small one)
+
+Reads, under --results (see results/README.md for the command that made each file):
+  <run>/progress.csv, <run>/config.json   training runs: every update's metrics, the resolved flags
+  baselines/<script>_<policy>.json        `python SCRIPT --baseline POLICY --eval-episodes 1000 --eval-json ...`
+  bench_ddp.json                          `torchrun ... benchmark_ddp.py --json-out ...`
+  scaling_*.json                          `python bench_scaling.py [--script ppo_ddp.py] --json-out ...`
+matplotlib is a development requirement (requirements-dev.txt); the training scripts never import it.
+"""
+
+import csv
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import tyro  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class Args:
+    results: str = str(ROOT / "results")
+    """the directory the runs and benchmarks were saved to"""
+    out_dir: str = str(ROOT)
+    """where the PNGs go (the README shows them from the repository's root)"""
+    window: int = 20
+    """updates in the moving average of an episode metric (weighted by the episodes that ended in each)"""
+
+
+# -- what each chart shows: results/<run> -> its label. The first run of a chart is its reference; the command under
+#    the chart names the flags in which each other run's config.json differs from it --
+SNAKE_RUNS = {"snake_default": "default run"}
+ARENA_RUNS = {
+    "arena_default": "ppo (default)",
+    "arena_grpo": "grpo (critic-free)",
+    "arena_action_supervised": "action_supervised (imitates the teacher)",
+    "arena_no_shaping": "ppo, hearts-only reward",
+    "arena_constant": "ppo, constant schedules",
+}
+NOT_TRAINING = {"run_name", "ranks", "print_interval", "checkpoint_interval", "track", "wandb_project_name"}
+BASELINES = {"ppo_ddp_snake": {"random": ":"}, "ppo_ddp": {"teacher": "--", "random": ":"}}  # policy: line style
+BENCH_LABELS = {
+    "find_unused": "find_unused_parameters=True",
+    "hack": "0.0 * out.sum() hack",
+    "all_used": "all outputs used",
+    "static_graph": "static_graph=True",
+    "none": "no fix",
+}
+
+
+class ResultError(FileNotFoundError):
+    """A result the charts need is missing or holds nothing to draw: one line on stderr, exit code 2."""
+
+
+def need(path: Path) -> Path:
+    if not path.is_file():
+        raise ResultError(f"{path}: missing (results/README.md says which command writes it)")
+    return path
+
+
+def read_progress(run_dir: Path) -> list[dict[str, str]]:
+    with open(need(run_dir / "progress.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def episode_curve(rows: list[dict[str, str]], metric: str, window: int) -> tuple[list[float], list[float]]:
+    """(global steps, moving average of `metric`): each update's value is the mean over the episodes that ended
+    in it (empty when none did), so the average over `window` updates weighs each by its episode count."""
+    xs, ys, acc = [], [], []
+    for row in rows:
+        if row.get(metric):
+            acc.append((float(row[metric]), float(row["charts/episodes"])))
+        acc = acc[-window:]
+        if acc:
+            xs.append(int(row["global_step"]))
+            ys.append(sum(v * n for v, n in acc) / sum(n for _, n in acc))
+    return xs, ys
+
+
+def baseline(results: Path, script: str, policy: str, metric: str) -> float:
+    """The level of a scripted policy: its evaluation JSON holds `eval/<info key>` (the tag's last part)."""
+    stats = json.loads(need(results / "baselines" / f"{script}_{policy}.json").read_text())
+    return stats[f"eval/{metric.split('/')[-1]}"]
+
+
+def flags(config: dict, reference: dict) -> str:
+    """The command-line flags in which a run's config.json differs from the reference run's (flags that only
+    change what is printed or saved, never the training, left out)."""
+    out = []
+    for key, value in config.items():
+        if key in NOT_TRAINING or reference.get(key, value) == value:
+            continue
+        flag = key.replace("_", "-")
+        out.append(f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}")
+    return " ".join(out)
+
+
+def caption(fig, text: str) -> None:
+    fig.text(0.01, 0.01, text, fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
+
+
+def learning_curves(results: Path, out: Path, runs: dict, script: str, metric: str, title: str, args: Args) -> Path:
+    """One line per run against global steps, with the baselines' levels (BASELINES[script]) as horizontal lines."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    lines, reference = [], None
+    for name, label in runs.items():
+        rows = read_progress(results / name)
+        xs, ys = episode_curve(rows, metric, args.window)
+        if not ys:
+            raise ResultError(f"{results / name}/progress.csv: no {metric} in any update")
+        config = json.loads(need(results / name / "config.json").read_text())
+        reference = reference or config
+        ax.plot([x / 1e6 for x in xs], ys, label=label, lw=1.6)
+        launch = f"torchrun --standalone --nproc-per-node={config['world_size']} {script}.py"
+        lines.append(f"{label}: {launch} {flags(config, reference)}".strip() + f" (seed {config['seed']})")
+    for policy in BASELINES[script]:
+        level = baseline(results, script, policy, metric)
+        ax.axhline(level, color="0.3", ls=BASELINES[script][policy], lw=1.2, label=f"{policy} play ({level:.2f})")
+    ax.set_xlabel("environment steps (millions, all ranks)")
+    ax.set_ylabel(f"{metric.split('/')[-1]} per episode ({args.window}-update moving average)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    caption(fig, "\n".join(lines))
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * len(lines), 1, 1))
+    return save(fig, out)
+
+
+def benchmark_chart(results: Path, out: Path) -> Path:
+    """benchmark_ddp.py: ms per iteration of each approach with its 95% CI, split into phases."""
+    bench = json.loads(need(results / "bench_ddp.json").read_text())
+    ok = {k: v for k, v in bench["approaches"].items() if v["status"] == "ok"}
+    failed = [k for k, v in bench["approaches"].items() if v["status"] != "ok"]
+    phases = [p for p in next(iter(ok.values()))["phases"] if p != "total"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+    names = list(ok)
+    totals = [ok[k]["phases"]["total"] for k in names]
+    err = [[t["mean"] - t["ci95"][0] for t in totals], [t["ci95"][1] - t["mean"] for t in totals]]
+    ax.barh(range(len(names)), [t["mean"] for t in totals], xerr=err, capsize=4, color="tab:blue", alpha=0.8)
+    for i, (k, t) in enumerate(zip(names, totals, strict=True)):
+        ratio = "baseline" if k == bench["baseline"] else f"{t['ratio'] - 1:+.1%}, {t['verdict']}"
+        ax.text(t["ci95"][1], i, f"  {t['mean']:.1f} ms ({ratio})", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), [BENCH_LABELS.get(k, k) for k in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(t["ci95"][1] for t in totals) * 1.6)
+    ax.set_xlabel("ms per iteration (mean, 95% CI)")
+    ax.set_title("one DDP iteration, slowest rank")
+    left = [0.0] * len(names)
+    for p in phases:
+        widths = [ok[k]["phases"][p]["mean"] for k in names]
+        bx.barh(range(len(names)), widths, left=left, label=p)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    bx.set_yticks(range(len(names)), [""] * len(names))
+    bx.invert_yaxis()
+    bx.set_xlabel("ms per iteration, by phase (means)")
+    bx.legend(fontsize=7, ncol=len(phases), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    m, a = bench["machine"], bench["args"]
+    caption(
+        fig,
+        f"torchrun --standalone --nproc-per-node={m['world_size']} benchmark_ddp.py: {m['device_name']}, "
+        f"{m['backend']}, {m['world_size']} ranks x {m['threads_per_rank']} thread, torch {m['torch']}, "
+        f"{m['date'][:10]}; {a['iterations']} iterations per approach in interleaved blocks of {a['block_size']}. "
+        f"Not timed, they fail: {', '.join(BENCH_LABELS.get(k, k) for k in failed) or 'none'}.",
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return save(fig, out)
+
+
+def scaling_chart(results: Path, out: Path) -> Path:
+    """bench_scaling.py: global steps/s of each arm, median and every round, for each script measured."""
+    files = sorted(results.glob("scaling_*.json"))
+    if not files:
+        raise ResultError(f"{results}/scaling_*.json: none (results/README.md says which command writes them)")
+    found = {f.stem: json.loads(f.read_text()) for f in files}
+    fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 4), squeeze=False)
+    notes = []
+    for ax, res in zip(axes[0], found.values(), strict=True):
+        arms = list(res["sps"])
+        meds = [statistics.median(res["sps"][a]) for a in arms]
+        ax.bar(range(len(arms)), [m / 1e3 for m in meds], color=["0.6", "tab:green", "tab:blue"][: len(arms)])
+        for i, a in enumerate(arms):
+            ax.plot([i] * len(res["sps"][a]), [v / 1e3 for v in res["sps"][a]], "k.", ms=5)
+            ax.text(i, meds[i] / 2e3, f"{meds[i] / 1e3:.0f}k", ha="center", va="center", fontsize=9, color="w")
+        ratio = statistics.median(res["ratios"]["DDP / 1 rank"])
+        ax.set_xticks(range(len(arms)), arms, fontsize=8)
+        ax.set_ylabel("global env steps/s (thousands)")
+        ax.set_title(f"{res['args']['script']}: 2 DDP ranks = {ratio:.2f}x one rank", fontsize=10)
+        machine = res.get("machine", {})
+        notes.append(
+            f"python bench_scaling.py --script {res['args']['script']} --rounds {res['args']['rounds']}: "
+            f"{machine.get('cpu', '?')}, {machine.get('date', '?')[:10]}"
+        )
+    caption(fig, "bars: medians over rounds, dots: each round.  " + "; ".join(notes))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return save(fig, out)
+
+
+def save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)  # a reader never sees half an image
+    return out
+
+
+def main() -> int:
+    args = tyro.cli(Args)
+    results, out = Path(args.results), Path(args.out_dir)
+    try:
+        made = [
+            learning_curves(
+                results, out / "snake_curve.png", SNAKE_RUNS, "ppo_ddp_snake", "snake/apples", "Snake", args
+            ),
+            learning_curves(
+                results, out / "arena_curves.png", ARENA_RUNS, "ppo_ddp", "arena/hearts", "Arena: ablations", args
+            ),
+            benchmark_chart(results, out / "benchmark_ddp.png"),
+            scaling_chart(results, out / "scaling.png"),
+        ]
+    except ResultError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in made:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""plots.py draws every README chart from what the scripts write: fresh small runs and baselines made here, and the
+results/ directory the README's charts come from."""
+
+import re
+import shutil
+
+import pytest
+from helpers import ROOT, python
+
+from plots import ARENA_RUNS, SNAKE_RUNS, flags
+
+CHARTS = ["snake_curve.png", "arena_curves.png", "benchmark_ddp.png", "scaling.png"]
+TINY = ["--num-envs=16", "--num-steps=32", "--total-timesteps=2048", "--hidden-size=16", "--eval-interval=0"]
+
+
+def is_png(path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def small_results(tmp_path_factory):
+    """A results directory as results/README.md describes it, from 4-update single-process runs of both scripts
+    (Arena episodes cut to 32 steps so that some end) and 2-episode baselines; the benchmark JSONs are results/'s."""
+    tmp = tmp_path_factory.mktemp("plots")
+    res = tmp / "results"
+    (res / "baselines").mkdir(parents=True)
+    for script, name, extra in (
+        ("ppo_ddp_snake.py", "snake_default", []),
+        ("ppo_ddp.py", "arena_default", ["--episode-length=32"]),
+    ):
+        p = python(script, *TINY, *extra, f"--run-name={name}", cwd=tmp, timeout=120)
+        assert p.returncode == 0, p.stderr
+        shutil.copytree(tmp / "runs" / name, res / name)
+    for name in ARENA_RUNS:  # the ablations' directories: the one small Arena run stands in for each
+        if name != "arena_default":
+            shutil.copytree(res / "arena_default", res / name)
+    for script, policy, extra in (
+        ("ppo_ddp_snake", "random", []),
+        ("ppo_ddp", "random", ["--episode-length=32"]),
+        ("ppo_ddp", "teacher", ["--episode-length=32"]),
+    ):
+        out = res / "baselines" / f"{script}_{policy}.json"
+        p = python(f"{script}.py", f"--baseline={policy}", "--eval-episodes=2", *extra, f"--eval-json={out}", cwd=tmp)
+        assert p.returncode == 0 and out.is_file(), p.stderr
+    for f in ["bench_ddp.json", *(f.name for f in (ROOT / "results").glob("scaling_*.json"))]:
+        shutil.copy(ROOT / "results" / f, res / f)
+    return res
+
+
+def test_plots_draws_every_chart_from_fresh_runs(small_results, tmp_path):
+    p = python("plots.py", f"--results={small_results}", f"--out-dir={tmp_path}", "--window=2", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(CHARTS)
+    assert all(is_png(tmp_path / c) for c in CHARTS)
+
+
+def test_plots_names_what_is_missing_and_exits_2(small_results, tmp_path):
+    """A run without episode metrics, or a missing result: one error line naming it, exit 2, no chart written."""
+    broken = tmp_path / "results"
+    shutil.copytree(small_results, broken)
+    csv = broken / "arena_grpo/progress.csv"
+    csv.write_text(re.sub(r"arena/hearts", "arena/renamed", csv.read_text()))
+    p = python("plots.py", f"--results={broken}", f"--out-dir={tmp_path / 'out'}", timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"error: {broken}/arena_grpo/progress.csv: no arena/hearts in any update"
+    (broken / "baselines/ppo_ddp_teacher.json").unlink()
+    shutil.copy(small_results / "arena_grpo/progress.csv", csv)
+    p = python("plots.py", f"--results={broken}", f"--out-dir={tmp_path / 'out'}", timeout=120)
+    assert p.returncode == 2 and "baselines/ppo_ddp_teacher.json: missing" in p.stderr
+    assert not (tmp_path / "out" / "arena_curves.png").exists()
+
+
+def test_the_readme_charts_come_from_results(tmp_path):
+    """Every chart the README shows is drawn from the committed results/, and every run a chart names is there."""
+    p = python("plots.py", f"--out-dir={tmp_path}", timeout=120)
+    assert p.returncode == 0, p.stderr
+    readme = (ROOT / "README.md").read_text()
+    for chart in CHARTS:
+        assert is_png(tmp_path / chart) and is_png(ROOT / chart) and f"({chart})" in readme
+    for name in [*SNAKE_RUNS, *ARENA_RUNS]:
+        assert (ROOT / "results" / name / "progress.csv").is_file() and f"`{name}/`" in (
+            ROOT / "results/README.md"
+        ).read_text()
+
+
+def test_a_chart_names_each_run_by_the_flags_its_config_differs_in():
+    reference = {"run_name": "a", "loss": "ppo", "reward_shaping": True, "compile": False, "print_interval": 60.0}
+    run = {"run_name": "b", "loss": "grpo", "reward_shaping": False, "compile": True, "print_interval": 10.0}
+    assert flags(reference, reference) == ""
+    assert flags(run, reference) == "--loss grpo --no-reward-shaping --compile"  # print_interval: not training
