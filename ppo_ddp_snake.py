@@ -171,11 +171,16 @@ class ArgError(ValueError):
 #     auto-reset; state_dict() / load_state_dict() for exact resume
 #   EPISODE_METRICS {info key: tag}; render(env, i) -> str; draw(env, i) -> uint8 image [H, W, 3] (a GIF frame)
 #   BASELINES {name: make(generator) -> policy(env, obs)}
-#   Agent(obs_shape, n_actions, cfg).forward(obs, action=None, greedy=False) -> (action, logprob, entropy, value)
+#   Agent(obs_shape, n_actions, cfg): .initial_state(n, device) -> the memory of n envs at an episode's start,
+#     a tensor [n, ...] (None: no memory); .forward(obs, state=None, done=None, action=None, greedy=False) ->
+#     (action, logprob, entropy, value, state): obs holds T steps of n envs, time-major ([T * n, ...]), state
+#     the memory before the first, done [T * n] flags the obs that begin an episode; the returned state is the
+#     memory after the last step. A memoryless agent ignores state and done and returns state as it came
 #   make_optimizers(agent, args) -> [optimizer]; schedules_at(args, p) -> {"learning_rate": ..., ...}
 #   rollout_extras(env, args) -> {name: [N] tensor} stored with each step (e.g. a teacher's actions)
 #   compute_advantages(b, next_value, next_done, args) -> (advantages, returns), b holding [T, N] tensors
-#   compute_loss(model, b, mb, args, coef) -> (loss, [policy, value, entropy, approx_kl, clipfrac])
+#   compute_loss(model, mb, args, coef) -> (loss, [policy, value, entropy, approx_kl, clipfrac]), mb holding a
+#     minibatch's tensors (the rollout's keys, advantages, norm_advantages, returns) and its envs' first "state"
 #   check_args(args): raise ArgError on what cannot train
 # ---------------------------------------------------------------------------------------------------
 
@@ -416,14 +421,19 @@ class Agent(nn.Module):
         self.actor = layer_init(nn.Linear(h, n_actions), std=0.01)
         self.critic = layer_init(nn.Linear(h, 1), std=1.0)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None, greedy: bool = False):
-        """(action, log-prob, entropy, value); samples an action unless one is given."""
+    def initial_state(self, n: int, device) -> None:
+        """No memory: the board is all there is (ppo_ddp.py --agent lstm shows an agent with one)."""
+        return None
+
+    def forward(self, obs: torch.Tensor, state=None, done=None, action=None, greedy: bool = False):
+        """(action, log-prob, entropy, value, state); samples an action unless one is given. Memoryless: state
+        and done (the contract's, for agents with memory) pass through unused."""
         hidden = self.trunk(obs.flatten(1).float() / 255.0)  # uint8 channels span [0, 255]
         logits = self.actor(hidden)
         probs = Categorical(logits=logits.float(), validate_args=False)  # fp32 under autocast; NaNs: see update
         if action is None:
             action = logits.argmax(-1) if greedy else probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1)
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1), state
 
 
 def make_optimizers(agent: Agent, args: Args) -> list[torch.optim.Optimizer]:
@@ -466,17 +476,17 @@ def rollout_extras(env: SnakeEnv, args: Args) -> dict[str, torch.Tensor]:
     return {}  # PPO needs nothing besides the rollout itself
 
 
-def compute_loss(model: nn.Module, b: dict, mb: torch.Tensor, args: Args, coef: dict[str, float]):
-    """PPO's loss on minibatch `mb` of batch `b`; returns (loss, [policy, value, entropy, approx_kl, clipfrac])."""
-    _, newlogprob, entropy, newvalue = model(b["obs"][mb], b["actions"][mb])
-    logratio = newlogprob.float() - b["logprobs"][mb]
+def compute_loss(model: nn.Module, mb: dict, args: Args, coef: dict[str, float]):
+    """PPO's loss on minibatch `mb`; returns (loss, [policy, value, entropy, approx_kl, clipfrac])."""
+    _, newlogprob, entropy, newvalue, _ = model(mb["obs"], mb["state"], mb["dones"], mb["actions"])
+    logratio = newlogprob.float() - mb["logprobs"]
     ratio = logratio.exp()
     with torch.no_grad():
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-    adv = b["norm_advantages" if args.norm_adv else "advantages"][mb]  # normalized per global minibatch
+    adv = mb["norm_advantages" if args.norm_adv else "advantages"]  # normalized per global minibatch
     pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-    newvalue, returns, values = newvalue.float(), b["returns"][mb], b["values"][mb]
+    newvalue, returns, values = newvalue.float(), mb["returns"], mb["values"]
     v_loss = (newvalue - returns) ** 2
     if args.clip_vloss:
         v_loss = torch.max(v_loss, (values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef) - returns) ** 2)
@@ -551,10 +561,13 @@ def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
 # Rollout and update
 # ---------------------------------------------------------------------------------------------------
 @torch.inference_mode()
-def rollout(policy, env, loop: dict, args: Args) -> tuple[dict, torch.Tensor, dict]:
+def rollout(policy, env, loop: dict, args: Args) -> tuple[dict, torch.Tensor, dict, torch.Tensor | None]:
     """num_steps steps of every env with the plain module (no DDP, no gradients). Returns the batch [T, N, ...],
-    the value of the last obs, and each episode metric summed over the episodes that ended (on the device)."""
+    the value of the last obs, each episode metric summed over the episodes that ended (on the device), and the
+    agent's memory at the first step (None: it has none), from which the update replays the rollout."""
+    state0 = loop["next_state"]
     T, N, dev = args.num_steps, env.num_envs, loop["next_obs"].device
+    step = lambda: policy(loop["next_obs"], loop["next_state"], loop["next_done"])  # noqa: E731
     b = {"obs": torch.zeros((T, *loop["next_obs"].shape), dtype=loop["next_obs"].dtype, device=dev)}
     b.update({k: torch.zeros((T, N), device=dev) for k in ("actions", "logprobs", "values", "rewards", "dones")})
     ep = {k: torch.zeros((), device=dev) for k in ("episodes", *EPISODE_METRICS)}
@@ -563,24 +576,35 @@ def rollout(policy, env, loop: dict, args: Args) -> tuple[dict, torch.Tensor, di
             b["obs"][t], b["dones"][t] = loop["next_obs"], loop["next_done"]
             for k, v in rollout_extras(env, args).items():
                 b.setdefault(k, torch.zeros((T, *v.shape), dtype=v.dtype, device=dev))[t] = v
-            action, logprob, _, value = policy(loop["next_obs"])
+            action, logprob, _, value, loop["next_state"] = step()  # the memory (if any) goes on with the env
             b["values"][t], b["actions"][t], b["logprobs"][t] = value.float(), action, logprob.float()
             loop["next_obs"], b["rewards"][t], done, info = env.step(action)
             loop["next_done"] = done.float()
             ep["episodes"] += done.sum()
             for k in EPISODE_METRICS:
                 ep[k] += torch.where(done, info[k], 0).sum()
-        next_value = policy(loop["next_obs"])[3].float()
-    return b, next_value, ep
+        next_value = step()[3].float()
+    return b, next_value, ep, state0
 
 
-def minibatches(n: int, num_minibatches: int, gen: torch.Generator, shards: int = 1) -> list[torch.Tensor]:
-    """One epoch's minibatch indices into a batch of n, on the generator's device (no host copy). Every rank
-    draws the same permutation (a generator seeded alike) of its own batch, so global minibatch k is the union
-    of the ranks' k-th minibatches. shards=S replays that in one process on S ranks' batches joined (tests)."""
-    per_shard = n // shards
-    perm, size = torch.randperm(per_shard, generator=gen, device=gen.device), per_shard // num_minibatches
-    return [torch.cat([perm[i : i + size] + s * per_shard for s in range(shards)]) for i in range(0, per_shard, size)]
+def minibatches(n: int, num_minibatches: int, gen: torch.Generator, num_envs: int = 0) -> list[torch.Tensor]:
+    """One epoch's minibatch indices into a flat batch of n samples, time-major (sample t * N + i: env i at step
+    t), on the generator's device (no host copy). Every rank draws the same permutation (a generator seeded
+    alike) of its own batch, so global minibatch k is the union of the ranks' k-th minibatches. For an agent
+    with memory (num_envs = N) the permutation is of envs: a minibatch holds whole envs, every step of each,
+    time-major, so its first entries are the envs themselves."""
+    if not num_envs:
+        perm, size = torch.randperm(n, generator=gen, device=gen.device), n // num_minibatches
+        return [perm[i : i + size] for i in range(0, n, size)]
+    perm, size = torch.randperm(num_envs, generator=gen, device=gen.device), num_envs // num_minibatches
+    steps = torch.arange(0, n, num_envs, device=gen.device)[:, None]
+    return [(steps + perm[i : i + size]).flatten() for i in range(0, num_envs, size)]
+
+
+def minibatch(b: dict, mb: torch.Tensor, state0: torch.Tensor | None) -> dict:
+    """The tensors of minibatch mb, and in "state" the memory its envs began the rollout with (None: no memory)."""
+    envs = None if state0 is None else mb[: len(mb) * state0.shape[0] // len(b["obs"])]  # its first step's
+    return {**{k: v[mb] for k, v in b.items()}, "state": None if envs is None else state0[envs]}
 
 
 def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch.Tensor:
@@ -597,19 +621,20 @@ def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch
     return out
 
 
-def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: torch.Generator, shards: int = 1):
-    """update_epochs passes of compute_loss over this rank's batch `b` (flat tensors), in the same minibatches
-    on every rank; b["norm_advantages"] holds the advantages normalized per global minibatch. `model` is the DDP
+def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: torch.Generator, state0=None):
+    """update_epochs passes of compute_loss over this rank's batch `b` (flat tensors, time-major), in the same
+    minibatches on every rank; b["norm_advantages"] holds the advantages normalized per global minibatch. An
+    agent with memory replays whole envs from state0, their memory at the rollout's start. `model` is the DDP
     wrapper, so each backward averages the gradients over ranks. Returns the losses averaged over minibatches
     and ranks."""
     sums = torch.zeros(6, device=b["obs"].device)  # policy, value, entropy, approx_kl, clipfrac, minibatches
     for _epoch in range(args.update_epochs):
         epoch_kl = torch.zeros(2, device=sums.device)
-        mbs = minibatches(b["obs"].shape[0], args.num_minibatches, gen, shards)
+        mbs = minibatches(b["obs"].shape[0], args.num_minibatches, gen, 0 if state0 is None else len(state0))
         epoch_b = {**b, "norm_advantages": normalize_per_minibatch(b["advantages"], mbs)}
         for mb in mbs:
             with torch.autocast(sums.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
-                loss, stats = compute_loss(model, epoch_b, mb, args, coef)
+                loss, stats = compute_loss(model, minibatch(epoch_b, mb, state0), args, coef)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP all-reduces the gradients here: they are identical on every rank after it
@@ -637,9 +662,10 @@ def unused_parameters(agent: nn.Module, env, obs: torch.Tensor, args: Args) -> l
     found by autograd on a few observations."""
     n = min(8, obs.shape[0])
     zeros = torch.zeros(n, device=obs.device)
-    b = {k: zeros for k in ("logprobs", "values", "advantages", "norm_advantages", "returns")}
-    b.update(obs=obs[:n], actions=zeros.long(), **{k: v[:n] for k, v in rollout_extras(env, args).items()})
-    loss, _ = compute_loss(agent, b, torch.arange(n, device=obs.device), args, schedules_at(args, 0.0))
+    mb = {k: zeros for k in ("logprobs", "values", "advantages", "norm_advantages", "returns", "dones")}
+    mb.update(obs=obs[:n], actions=zeros.long(), state=agent.initial_state(n, obs.device))
+    mb.update({k: v[:n] for k, v in rollout_extras(env, args).items()})
+    loss, _ = compute_loss(agent, mb, args, schedules_at(args, 0.0))
     names, params = zip(*agent.named_parameters(), strict=True)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return [name for name, g in zip(names, grads, strict=True) if g is None]
@@ -759,7 +785,7 @@ def clock(device: torch.device) -> float:
 # Checkpoints: rank 0 writes one file holding the shared state and every rank's own part
 # ---------------------------------------------------------------------------------------------------
 MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
-PER_RANK = ("env", "rng", "next_obs", "next_done")  # a checkpoint holds these as lists indexed by rank
+PER_RANK = ("env", "rng", "next_obs", "next_done", "next_state")  # a checkpoint holds these as lists by rank
 SHARED = ("optimizers", "update", "global_step", "minibatch_rng", *MODEL_KEYS)  # and these once
 CHECKPOINT_KEYS = (*SHARED, *PER_RANK)
 # Args that may differ when a run is resumed; every other field must equal the checkpoint's.
@@ -781,7 +807,7 @@ def checkpoint_state(agent, optimizers, env, minibatch_gen, loop: dict, meta: di
         **meta,
     }
     mine = {"env": env.state_dict(), "rng": rng_state(device), "next_obs": loop["next_obs"]}
-    return shared, {**mine, "next_done": loop["next_done"]}
+    return shared, {**mine, "next_done": loop["next_done"], "next_state": loop["next_state"]}
 
 
 def restore_state(state: dict, agent, optimizers, env, minibatch_gen, loop: dict, device) -> None:
@@ -794,6 +820,7 @@ def restore_state(state: dict, agent, optimizers, env, minibatch_gen, loop: dict
     env.load_state_dict(state["env"])
     set_rng_state(state["rng"], device)
     loop.update(next_obs=state["next_obs"].to(device), next_done=state["next_done"].to(device))
+    loop["next_state"] = None if state["next_state"] is None else state["next_state"].to(device)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -957,7 +984,17 @@ def save_gif(frames: list, path: Path, fps: float = 15.0) -> None:
 
 
 def greedy(agent: nn.Module):
-    return lambda env, obs: agent(obs, greedy=True)[0]
+    """policy(env, obs) of the agent's greedy actions, its memory (if any) carried from step to step. evaluate
+    counts each env's first episode only, so the memory never needs resetting."""
+    memory = {}
+
+    def policy(env, obs: torch.Tensor) -> torch.Tensor:
+        state = memory["state"] if memory else agent.initial_state(env.num_envs, obs.device)
+        done = torch.zeros(env.num_envs, device=obs.device)
+        action, *_, memory["state"] = agent(obs, state, done, greedy=True)
+        return action
+
+    return policy
 
 
 def play(args: Args) -> int:
@@ -1269,6 +1306,12 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
     loop = {"update": 0, "global_step": 0, "next_obs": env.reset()}
     loop["next_done"] = torch.zeros(args.num_envs, device=device)
+    loop["next_state"] = agent.initial_state(args.num_envs, device)  # the agent's memory (None: it has none)
+    if loop["next_state"] is not None and args.num_envs % args.num_minibatches:
+        raise ArgError(
+            f"an agent with memory trains on whole envs: --num-envs {args.num_envs} must be divisible by "
+            f"--num-minibatches {args.num_minibatches}"
+        )
 
     # -- find_unused_parameters where the loss leaves parameters unused (auto); fail fast where DDP is not told --
     unused = unused_parameters(agent, env, loop["next_obs"], args)
@@ -1326,12 +1369,12 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
 
             # -- rollout with the plain module, advantages, then the update through DDP --
             t0 = clock(device)
-            b, next_value, ep = rollout(policy, env, loop, args)
+            b, next_value, ep, state0 = rollout(policy, env, loop, args)
             loop.update(update=update, global_step=loop["global_step"] + b["rewards"].numel() * world_size)
             b["advantages"], b["returns"] = compute_advantages(b, next_value, loop["next_done"], args)
             b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
             t1 = clock(device)
-            losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen)
+            losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen, state0)
             t2 = clock(device)
 
             # -- statistics of all ranks, by name, in one collective; evaluation; rank 0 logs --

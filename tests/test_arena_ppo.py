@@ -185,7 +185,7 @@ def test_zero_grad_once_per_minibatch_on_a_crafted_batch(one_process_group):
     g = torch.Generator().manual_seed(1)
     obs = torch.randint(0, 3, (8, 6), generator=g, dtype=torch.uint8)
     with torch.no_grad():
-        actions, logprobs, _, values = agent(obs)
+        actions, logprobs, _, values, _ = agent(obs)
     adv = torch.randn(8, generator=g)
     b = {
         "obs": obs,
@@ -195,6 +195,7 @@ def test_zero_grad_once_per_minibatch_on_a_crafted_batch(one_process_group):
         "values": values,
         "advantages": adv,
         "returns": adv + values,
+        "dones": torch.zeros(8),
     }
     coef = arena.schedules_at(args, 0.0)
     optimizer = torch.optim.SGD(agent.parameters(), lr=0.0)
@@ -202,7 +203,7 @@ def test_zero_grad_once_per_minibatch_on_a_crafted_batch(one_process_group):
     optimizer.register_step_pre_hook(lambda *_: seen.append(agent.actor.weight.grad.clone()))
     arena.ppo_update(agent, [optimizer], b, args, coef, torch.Generator().manual_seed(7))
     for mb, grad in zip(arena.minibatches(8, 2, torch.Generator().manual_seed(7)), seen, strict=True):
-        loss, _ = arena.compute_loss(agent, b, mb, args, coef)
+        loss, _ = arena.compute_loss(agent, arena.minibatch(b, mb, None), args, coef)
         (expected,) = torch.autograd.grad(loss, [agent.actor.weight])
         torch.testing.assert_close(grad, expected)
     assert len(seen) == 2

@@ -35,6 +35,13 @@ def script(request):
     return request.param
 
 
+@pytest.fixture(params=[["ppo_ddp_snake.py"], ["ppo_ddp.py", "--agent=lstm"]], ids=["ppo_ddp_snake", "ppo_ddp-lstm"])
+def recurrent_too(request):
+    """Both scripts, the Arena's with the LSTM agent, for what must survive a stop (resume, elastic restart): the
+    agent's memory too. An MLP has none to lose; Snake's runs cover it."""
+    return request.param
+
+
 @pytest.fixture
 def machinery():
     """One script for what the machinery alone does (failures, nodes, checkpoints on disk): it is byte-identical
@@ -164,10 +171,12 @@ def test_compile_trains_on_two_ranks_and_checkpoints_have_no_prefix(tmp_path, sc
         assert keys and not any(k.startswith(("module.", "_orig_mod.")) or "._orig_mod." in k for k in keys), keys
 
 
-def test_resume_continues_exactly(tmp_path, script):
+def test_resume_continues_exactly(tmp_path, recurrent_too):
     """A run stopped after update 2 (what came later dropped) and resumed with --resume ends with the same
-    weights and the same progress.csv as the uninterrupted run: model, optimizer, schedules, RNG, boards."""
-    args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=1"]
+    weights and the same progress.csv as the uninterrupted run: model, optimizer, schedules, RNG, boards, and
+    the LSTM's memory of every room on every rank."""
+    script, *agent = recurrent_too
+    args = [*SMALL, *agent, "--total-timesteps=12288", "--checkpoint-interval=1"]
     p = torchrun(script, *args, "--run-name=full", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
     full, cut = tmp_path / "runs/full", tmp_path / "runs/cut"
@@ -186,12 +195,13 @@ def test_resume_continues_exactly(tmp_path, script):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path, script):
+def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path, recurrent_too):
     """SIGKILL one worker mid-run: torchrun restarts the group, which resumes from its newest checkpoint (older
     ones are there too) in the same run directory (the default run name is stable across restarts), completes
     the run, and ends bit-identical to an uninterrupted run."""
+    script, *agent = recurrent_too
     total_updates = 30
-    args = [*SMALL, f"--total-timesteps={4096 * total_updates}", "--checkpoint-interval=3"]
+    args = [*SMALL, *agent, f"--total-timesteps={4096 * total_updates}", "--checkpoint-interval=3"]
     proc = start(torchrun_cmd(script, *args, launcher_args=("--standalone", "--max-restarts=1")), cwd=tmp_path)
     csv_files = lambda: list((tmp_path / "runs").glob("*/progress.csv"))  # noqa: E731
     assert wait_for(lambda: csv_files() and len(progress(csv_files()[0].parent)) >= 7, 120, proc), finish(proc, 5)
