@@ -5,7 +5,7 @@
 
 Reads, under --results (see results/README.md for the command that made each file):
   <run>/progress.csv, <run>/config.json   training runs: every update's metrics, the resolved flags
-  baselines/<script>_<policy>.json        `python SCRIPT --baseline POLICY --eval-episodes 1000 --eval-json ...`
+  baselines/<script>[_<setting>]_<policy>.json   `python SCRIPT --baseline POLICY --eval-episodes 1000 --eval-json ...`
   bench_ddp.json                          `torchrun ... benchmark_ddp.py --json-out ...`
   scaling_*.json                          `python bench_scaling.py [--script ppo_ddp.py] --json-out ...`
 matplotlib is a development requirement (requirements-dev.txt); the training scripts never import it.
@@ -47,8 +47,27 @@ ARENA_RUNS = {
     "arena_no_shaping": "ppo, hearts-only reward",
     "arena_constant": "ppo, constant schedules",
 }
-NOT_TRAINING = {"run_name", "ranks", "print_interval", "checkpoint_interval", "track", "wandb_project_name"}
-BASELINES = {"ppo_ddp_snake": {"random": ":"}, "ppo_ddp": {"teacher": "--", "random": ":"}}  # policy: line style
+MEMORY_RUNS = {  # the partially observed setting: mlp and lstm, two seeds each, against the default run's flags
+    "arena_po_mlp_s1": "mlp, seed 1",
+    "arena_po_mlp_s2": "mlp, seed 2",
+    "arena_po_lstm_s1": "lstm, seed 1",
+    "arena_po_lstm_s2": "lstm, seed 2",
+}
+MEMORY_STYLE = {
+    name: {"color": "tab:orange" if "lstm" in name else "tab:blue", "ls": "-" if name[-1] == "1" else "--"}
+    for name in MEMORY_RUNS
+}
+# config.json keys left out of a run's command: not flags (sizes derived from them, placement), or flags that only
+# change what is printed or saved
+NOT_FLAGS = {"world_size", "batch_size_per_rank", "global_batch_size", "minibatch_size_per_rank", "num_updates"}
+NOT_FLAGS |= {"torch_version", "device", "ranks"}
+NOT_FLAGS |= {"run_name", "print_interval", "checkpoint_interval", "track", "wandb_project_name"}
+# Each chart's scripted levels: baselines/<file>.json -> line style; the policy is the file name's last part.
+BASELINES = {
+    "snake": {"ppo_ddp_snake_random": ":"},
+    "arena": {"ppo_ddp_teacher": "--", "ppo_ddp_random": ":"},
+    "memory": {"ppo_ddp_po_teacher": "--", "ppo_ddp_po_random": ":"},
+}
 BENCH_LABELS = {
     "find_unused": "find_unused_parameters=True",
     "hack": "0.0 * out.sum() hack",
@@ -87,18 +106,19 @@ def episode_curve(rows: list[dict[str, str]], metric: str, window: int) -> tuple
     return xs, ys
 
 
-def baseline(results: Path, script: str, policy: str, metric: str) -> float:
+def baseline(results: Path, name: str, metric: str) -> float:
     """The level of a scripted policy: its evaluation JSON holds `eval/<info key>` (the tag's last part)."""
-    stats = json.loads(need(results / "baselines" / f"{script}_{policy}.json").read_text())
+    stats = json.loads(need(results / "baselines" / f"{name}.json").read_text())
     return stats[f"eval/{metric.split('/')[-1]}"]
 
 
 def flags(config: dict, reference: dict) -> str:
     """The command-line flags in which a run's config.json differs from the reference run's (flags that only
-    change what is printed or saved, never the training, left out)."""
+    change what is printed or saved, and the sizes derived from flags, left out: NOT_FLAGS; a field the
+    reference's older script did not have yet is named)."""
     out = []
     for key, value in config.items():
-        if key in NOT_TRAINING or reference.get(key, value) == value:
+        if key in NOT_FLAGS or (key in reference and reference[key] == value):
             continue
         flag = key.replace("_", "-")
         out.append(f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}")
@@ -109,10 +129,15 @@ def caption(fig, text: str) -> None:
     fig.text(0.01, 0.01, text, fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
 
 
-def learning_curves(results: Path, out: Path, runs: dict, script: str, metric: str, title: str, args: Args) -> Path:
-    """One line per run against global steps, with the baselines' levels (BASELINES[script]) as horizontal lines."""
+def learning_curves(
+    results: Path, out: Path, runs: dict, chart: str, metric: str, title: str, args: Args, **kw
+) -> Path:
+    """One line per run against global steps, with the baselines' levels (BASELINES[chart]) as horizontal lines.
+    Each run's command: its flags against kw["reference"] (a run under results/), else against the first run.
+    kw["style"]: matplotlib keywords per run."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    lines, reference = [], None
+    lines, script = [], "ppo_ddp_snake" if chart == "snake" else "ppo_ddp"
+    reference = json.loads(need(results / kw["reference"] / "config.json").read_text()) if "reference" in kw else None
     for name, label in runs.items():
         rows = read_progress(results / name)
         xs, ys = episode_curve(rows, metric, args.window)
@@ -120,12 +145,12 @@ def learning_curves(results: Path, out: Path, runs: dict, script: str, metric: s
             raise ResultError(f"{results / name}/progress.csv: no {metric} in any update")
         config = json.loads(need(results / name / "config.json").read_text())
         reference = reference or config
-        ax.plot([x / 1e6 for x in xs], ys, label=label, lw=1.6)
+        ax.plot([x / 1e6 for x in xs], ys, label=label, lw=1.6, **kw.get("style", {}).get(name, {}))
         launch = f"torchrun --standalone --nproc-per-node={config['world_size']} {script}.py"
         lines.append(f"{label}: {launch} {flags(config, reference)}".strip() + f" (seed {config['seed']})")
-    for policy in BASELINES[script]:
-        level = baseline(results, script, policy, metric)
-        ax.axhline(level, color="0.3", ls=BASELINES[script][policy], lw=1.2, label=f"{policy} play ({level:.2f})")
+    for name, style in BASELINES[chart].items():
+        level, policy = baseline(results, name, metric), name.rsplit("_", 1)[1]
+        ax.axhline(level, color="0.3", ls=style, lw=1.2, label=f"{policy} play ({level:.2f})")
     ax.set_xlabel("environment steps (millions, all ranks)")
     ax.set_ylabel(f"{metric.split('/')[-1]} per episode ({args.window}-update moving average)")
     ax.set_title(title)
@@ -219,11 +244,20 @@ def main() -> int:
     results, out = Path(args.results), Path(args.out_dir)
     try:
         made = [
+            learning_curves(results, out / "snake_curve.png", SNAKE_RUNS, "snake", "snake/apples", "Snake", args),
             learning_curves(
-                results, out / "snake_curve.png", SNAKE_RUNS, "ppo_ddp_snake", "snake/apples", "Snake", args
+                results, out / "arena_curves.png", ARENA_RUNS, "arena", "arena/hearts", "Arena: ablations", args
             ),
             learning_curves(
-                results, out / "arena_curves.png", ARENA_RUNS, "ppo_ddp", "arena/hearts", "Arena: ablations", args
+                results,
+                out / "arena_memory.png",
+                MEMORY_RUNS,
+                "memory",
+                "arena/hearts",
+                "Arena, partially observed: memory (--agent lstm) against none",
+                args,
+                reference="arena_default",
+                style=MEMORY_STYLE,
             ),
             benchmark_chart(results, out / "benchmark_ddp.png"),
             scaling_chart(results, out / "scaling.png"),

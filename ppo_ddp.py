@@ -155,11 +155,11 @@ class Args:
     obs_radius: int = 5
     """the agent sees a (2r+1) x (2r+1) window around itself"""
     agent: Literal["mlp", "lstm"] = "mlp"
-    """mlp: a feed-forward actor-critic; lstm: the same MLP, then an LSTM cell whose memory is carried through the
+    """mlp: two feed-forward hidden layers; lstm: the second one is an LSTM, whose memory is carried through the
     rollout and zeroed where an episode begins; the update replays whole rooms from the rollout's first step
     (minibatches split rooms, never steps: --num-envs must be divisible by --num-minibatches)"""
     hidden_size: int = 128
-    """width of the two hidden layers of the MLP shared by actor and critic (and of the LSTM's memory)"""
+    """width of the two hidden layers shared by actor and critic (with --agent lstm: the LSTM's units)"""
     clip_range: float = 0.0
     """the policy clamps its weights to +-clip_range after every optimizer step (0 = off)"""
 
@@ -882,8 +882,9 @@ def minibatches(n: int, num_minibatches: int, gen: torch.Generator, num_envs: in
 
 
 def minibatch(b: dict, mb: torch.Tensor, state0: torch.Tensor | None) -> dict:
-    """The tensors of minibatch mb, and in "state" the memory its envs began the rollout with (None: no memory)."""
-    envs = None if state0 is None else mb[: len(mb) * state0.shape[0] // len(b["obs"])]  # its first step's
+    """The tensors of minibatch mb; "state": the memory its envs began the rollout with (None: no memory). A
+    minibatch of whole envs is time-major, so its first len(mb) / T indices are the envs themselves."""
+    envs = None if state0 is None else mb[: len(mb) * len(state0) // len(b["obs"])]
     return {**{k: v[mb] for k, v in b.items()}, "state": None if envs is None else state0[envs]}
 
 

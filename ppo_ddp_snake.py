@@ -602,8 +602,9 @@ def minibatches(n: int, num_minibatches: int, gen: torch.Generator, num_envs: in
 
 
 def minibatch(b: dict, mb: torch.Tensor, state0: torch.Tensor | None) -> dict:
-    """The tensors of minibatch mb, and in "state" the memory its envs began the rollout with (None: no memory)."""
-    envs = None if state0 is None else mb[: len(mb) * state0.shape[0] // len(b["obs"])]  # its first step's
+    """The tensors of minibatch mb; "state": the memory its envs began the rollout with (None: no memory). A
+    minibatch of whole envs is time-major, so its first len(mb) / T indices are the envs themselves."""
+    envs = None if state0 is None else mb[: len(mb) * len(state0) // len(b["obs"])]
     return {**{k: v[mb] for k, v in b.items()}, "state": None if envs is None else state0[envs]}
 
 

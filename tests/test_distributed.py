@@ -101,12 +101,13 @@ def test_ddp_update_equals_a_plain_single_process_update(tmp_path, script):
     assert two["stats"] == pytest.approx(ref["stats"], rel=1e-4, abs=1e-7)
 
 
-def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path, script):
+def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path, machinery):
     """Also: on CPU each rank keeps to its own CPU (config.json says which), and placement does not change
-    the result (run b lets the OS place the ranks); a run of 3 updates warns that it is too short to learn."""
+    the result (run b lets the OS place the ranks); a run of 3 updates warns that it is too short to learn. One
+    script: Snake's determinism shows in its resume and elastic tests, which end bit-identical to a fresh run."""
     args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=0"]
     for name, flags in (("a", []), ("b", ["--no-pin-cpus"])):
-        p = torchrun(script, *args, f"--run-name={name}", *flags, cwd=tmp_path, timeout=180)
+        p = torchrun(machinery, *args, f"--run-name={name}", *flags, cwd=tmp_path, timeout=180)
         assert p.returncode == 0, explain(p)
         assert p.stderr.count("warning: only 3 updates") == 1, explain(p)
     wa, wb = weights(tmp_path / "runs/a/final_model.pt"), weights(tmp_path / "runs/b/final_model.pt")
@@ -121,12 +122,13 @@ def test_same_seed_and_world_size_give_bit_identical_weights(tmp_path, script):
         assert placed[1] == [allowed, allowed]
 
 
-def test_bf16_autocast_trains_on_two_ranks_with_identical_weights(tmp_path, script):
+def test_bf16_autocast_trains_on_two_ranks_with_identical_weights(tmp_path, machinery):
     """--precision bf16 (forwards under autocast, losses and weights in fp32) trains and stays in sync, and the
-    flag takes effect: the same run in fp32 ends with other weights, though not far from them."""
-    args = [*SMALL, "--total-timesteps=8192", "--checkpoint-interval=0"]
+    flag takes effect: the same run in fp32 ends with other weights, though not far from them. With the LSTM
+    agent, whose memory is kept in fp32 between the autocast forwards."""
+    args = [*SMALL, "--agent=lstm", "--total-timesteps=8192", "--checkpoint-interval=0"]
     for precision in ("bf16", "fp32"):
-        p = torchrun(script, *args, f"--precision={precision}", f"--run-name={precision}", cwd=tmp_path, timeout=180)
+        p = torchrun(machinery, *args, f"--precision={precision}", f"--run-name={precision}", cwd=tmp_path, timeout=180)
         assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
     w, w32 = weights(tmp_path / "runs/bf16/final_model.pt"), weights(tmp_path / "runs/fp32/final_model.pt")
     assert all(v.dtype == torch.float32 and v.isfinite().all() for v in w.values())
@@ -158,12 +160,14 @@ def test_bf16_reaches_the_update(script):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
-def test_compile_trains_on_two_ranks_and_checkpoints_have_no_prefix(tmp_path, script):
+def test_compile_trains_on_two_ranks_and_checkpoints_have_no_prefix(tmp_path, machinery):
     """--compile wraps the rollout policy and the DDP model; checkpoints still hold the plain agent's keys. The
-    flag takes effect: inductor generates kernels (into a cache directory of the test's own)."""
+    flag takes effect: inductor generates kernels (into a cache directory of the test's own). One script: the
+    wrapping is the machinery's, and both agents are MLPs of the same shape (test_bf16_reaches_the_update
+    runs both agents' forwards under autocast)."""
     args = [*SMALL, "--total-timesteps=8192", "--checkpoint-interval=1", "--compile", "--run-name=c"]
     cache = tmp_path / "inductor"
-    p = torchrun(script, *args, cwd=tmp_path, timeout=300, TORCHINDUCTOR_CACHE_DIR=str(cache))
+    p = torchrun(machinery, *args, cwd=tmp_path, timeout=300, TORCHINDUCTOR_CACHE_DIR=str(cache))
     assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
     assert len([f for f in cache.rglob("*.py") if "def call(" in f.read_text()]) >= 2, explain(p)
     for path in (tmp_path / "runs/c/checkpoints/update_00000002.pt", tmp_path / "runs/c/final_model.pt"):

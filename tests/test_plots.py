@@ -7,9 +7,9 @@ import shutil
 import pytest
 from helpers import ROOT, python
 
-from plots import ARENA_RUNS, SNAKE_RUNS, flags
+from plots import ARENA_RUNS, MEMORY_RUNS, SNAKE_RUNS, flags
 
-CHARTS = ["snake_curve.png", "arena_curves.png", "benchmark_ddp.png", "scaling.png"]
+CHARTS = ["snake_curve.png", "arena_curves.png", "arena_memory.png", "benchmark_ddp.png", "scaling.png"]
 TINY = ["--num-envs=16", "--num-steps=32", "--total-timesteps=2048", "--hidden-size=16", "--eval-interval=0"]
 
 
@@ -31,7 +31,7 @@ def small_results(tmp_path_factory):
         p = python(script, *TINY, *extra, f"--run-name={name}", cwd=tmp, timeout=120)
         assert p.returncode == 0, p.stderr
         shutil.copytree(tmp / "runs" / name, res / name)
-    for name in ARENA_RUNS:  # the ablations' directories: the one small Arena run stands in for each
+    for name in [*ARENA_RUNS, *MEMORY_RUNS]:  # the other Arena runs' directories: the one small run stands in
         if name != "arena_default":
             shutil.copytree(res / "arena_default", res / name)
     for script, policy, extra in (
@@ -42,6 +42,8 @@ def small_results(tmp_path_factory):
         out = res / "baselines" / f"{script}_{policy}.json"
         p = python(f"{script}.py", f"--baseline={policy}", "--eval-episodes=2", *extra, f"--eval-json={out}", cwd=tmp)
         assert p.returncode == 0 and out.is_file(), p.stderr
+    for policy in ("teacher", "random"):  # the partially observed setting's levels: the default room's stand in
+        shutil.copy(res / "baselines" / f"ppo_ddp_{policy}.json", res / "baselines" / f"ppo_ddp_po_{policy}.json")
     for f in ["bench_ddp.json", *(f.name for f in (ROOT / "results").glob("scaling_*.json"))]:
         shutil.copy(ROOT / "results" / f, res / f)
     return res
@@ -77,7 +79,7 @@ def test_the_readme_charts_come_from_results(tmp_path):
     readme = (ROOT / "README.md").read_text()
     for chart in CHARTS:
         assert is_png(tmp_path / chart) and is_png(ROOT / chart) and f"({chart})" in readme
-    for name in [*SNAKE_RUNS, *ARENA_RUNS]:
+    for name in [*SNAKE_RUNS, *ARENA_RUNS, *MEMORY_RUNS]:
         assert (ROOT / "results" / name / "progress.csv").is_file() and f"`{name}/`" in (
             ROOT / "results/README.md"
         ).read_text()

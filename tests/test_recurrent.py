@@ -107,18 +107,18 @@ def test_recurrent_ddp_update_equals_one_process(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "loss, flags",
-    [
-        ("grpo", ["--eval-mode=async", "--eval-interval=2"]),  # find_unused auto: on (the critic is unused)
-        ("action_supervised", ["--no-find-unused", "--hack", "--eval-interval=1", "--capture-video"]),
+    "loss, flags, play",
+    [  # grpo: --find-unused auto turns it on (the critic is unused)
+        ("grpo", ["--eval-mode=async", "--eval-interval=2"], []),  # its evaluations played snapshots alone
+        ("action_supervised", ["--no-find-unused", "--hack", "--eval-interval=1", "--capture-video"], ["--render"]),
     ],
 )
-def test_two_rank_runs_with_each_loss_and_the_model_plays(tmp_path, loss, flags):
+def test_two_rank_runs_with_each_loss_and_the_model_plays(tmp_path, loss, flags, play):
     """With the losses that leave the critic unused (ppo: the resume and elastic tests), 2 ranks end with
-    identical weights and a complete run directory, the evaluations (async, local with a video) ran, and the
-    final model plays alone in one process, with --render too."""
-    args = [*SMALL_LSTM, f"--loss={loss}", "--total-timesteps=4096", "--checkpoint-interval=2", "--run-name=r"]
-    p = torchrun("ppo_ddp.py", *args, *flags, cwd=tmp_path, timeout=180)
+    identical weights and a complete run directory holding every rank's memory, the evaluations (async; local
+    with a video) ran, and the final model plays alone in one process."""
+    args = [*SMALL_LSTM, f"--loss={loss}", "--total-timesteps=4096", "--checkpoint-interval=2", "--eval-episodes=4"]
+    p = torchrun("ppo_ddp.py", *args, *flags, "--run-name=r", cwd=tmp_path, timeout=180)
     assert p.returncode == 0 and "parameters identical on all 2 ranks after 4 updates" in p.stdout, explain(p)
     run_dir = tmp_path / "runs/r"
     rows = progress(run_dir)
@@ -129,11 +129,9 @@ def test_two_rank_runs_with_each_loss_and_the_model_plays(tmp_path, loss, flags)
     assert not torch.equal(ckpt["next_state"][0], ckpt["next_state"][1])
     if "--capture-video" in flags:
         assert gif_frames(run_dir / "videos/update_00000004.gif") > 1
-    final = run_dir / "final_model.pt"
-    p = python("ppo_ddp.py", "--eval-checkpoint", str(final), "--eval-episodes=3", timeout=120)
-    assert p.returncode == 0 and "3 greedy episodes: hearts per episode" in p.stdout, explain(p)
-    p = python("ppo_ddp.py", "--eval-checkpoint", str(final), "--render", "--render-fps=10000", timeout=120)
-    assert p.returncode == 0 and "1 greedy episodes" in p.stdout and "@" in p.stdout, explain(p)
+    if play:
+        p = python("ppo_ddp.py", "--eval-checkpoint", str(run_dir / "final_model.pt"), *play, "--render-fps=10000")
+        assert p.returncode == 0 and "1 greedy episodes" in p.stdout and "@" in p.stdout, explain(p)
 
 
 def test_rooms_that_do_not_split_into_minibatches_are_refused_on_every_rank(tmp_path):
