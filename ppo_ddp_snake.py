@@ -213,6 +213,7 @@ class SnakeEnv:
     """
 
     n_actions = 4
+    steps_on = "device"  # vectorized in torch: --num-envs 0 sizes the boards by device memory
     UP, RIGHT, DOWN, LEFT = range(4)  # absolute directions; reversing into the neck keeps going straight
     _STATE = ("life", "head", "direction", "length", "apple", "hunger", "steps", "draws", "key")
 
@@ -563,7 +564,7 @@ def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
 @torch.inference_mode()
 def rollout(policy, env, loop: dict, args: Args) -> tuple[dict, torch.Tensor, dict, torch.Tensor | None]:
     """num_steps steps of every env with the plain module (no DDP, no gradients). Returns the batch [T, N, ...],
-    the value of the last obs, each episode metric summed over the episodes that ended (on the device), and the
+    the value of the last obs, each episode metric summed over the episodes (games) that ended (on the device), and the
     agent's memory at the first step (None: it has none), from which the update replays the rollout."""
     state0 = loop["next_state"]
     T, N, dev = args.num_steps, env.num_envs, loop["next_obs"].device
@@ -580,9 +581,10 @@ def rollout(policy, env, loop: dict, args: Args) -> tuple[dict, torch.Tensor, di
             b["values"][t], b["actions"][t], b["logprobs"][t] = value.float(), action, logprob.float()
             loop["next_obs"], b["rewards"][t], done, info = env.step(action)
             loop["next_done"] = done.float()
-            ep["episodes"] += done.sum()
+            ended = info.get("game_over", done)  # a lost life ends the value target, a game the episode metrics
+            ep["episodes"] += ended.sum()
             for k in EPISODE_METRICS:
-                ep[k] += torch.where(done, info[k], 0).sum()
+                ep[k] += torch.where(ended, info[k], 0).sum()
         next_value = step()[3].float()
     return b, next_value, ep, state0
 
@@ -713,8 +715,11 @@ def pin_to_share(pin: bool, local_rank: int, local_world: int) -> list[int]:
     return cpus
 
 
-def device_num_envs(device: torch.device) -> int:
-    """How many envs this rank's hardware holds: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
+def device_num_envs(device: torch.device, local_world: int) -> int:
+    """How many envs this rank's hardware holds. Stepped on the CPU (Env.steps_on == "cpu"): one per CPU of the
+    rank's share of its node. Stepped on the device: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
+    if Env.steps_on == "cpu":
+        return max(1, len(allowed_cpus()) // local_world)
     if device.type == "cuda":
         gib = torch.cuda.get_device_properties(device).total_memory / 2**30
         return int(min(65536, 4096 * max(1, int(gib))))
@@ -727,10 +732,10 @@ def auto_num_envs(cap: int, args: Args, world_size: int) -> int:
     return 1 << (max(1, min(cap, fit)).bit_length() - 1)
 
 
-def agree_num_envs(args: Args, device: torch.device, world_size: int) -> int:
-    """--num-envs, or for 0 the auto choice for the smallest device of all ranks: a collective every rank
-    reaches, so all get the same batch sizes, update count and env ids whatever their own hardware."""
-    cap = torch.tensor([device_num_envs(device)], device=device)
+def agree_num_envs(args: Args, device: torch.device, world_size: int, local_world: int) -> int:
+    """--num-envs, or for 0 the auto choice for the smallest device (or node) of all ranks: a collective every
+    rank reaches, so all get the same batch sizes, update count and env ids whatever their own hardware."""
+    cap = torch.tensor([device_num_envs(device, local_world)], device=device)
     dist.all_reduce(cap, op=dist.ReduceOp.MIN)
     return args.num_envs or auto_num_envs(int(cap.item()), args, world_size)
 
@@ -812,16 +817,17 @@ def checkpoint_state(agent, optimizers, env, minibatch_gen, loop: dict, meta: di
 
 
 def restore_state(state: dict, agent, optimizers, env, minibatch_gen, loop: dict, device) -> None:
-    """The inverse of checkpoint_state, key for key."""
+    """The inverse of checkpoint_state, key for key; envs whose state was not saved (None) keep their fresh episodes."""
     agent.load_state_dict(state["model"])
     for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(opt_state)
     loop.update(update=state["update"], global_step=state["global_step"])
     minibatch_gen.set_state(state["minibatch_rng"])
-    env.load_state_dict(state["env"])
     set_rng_state(state["rng"], device)
-    loop.update(next_obs=state["next_obs"].to(device), next_done=state["next_done"].to(device))
-    loop["next_state"] = None if state["next_state"] is None else state["next_state"].to(device)
+    if state["env"] is not None:
+        env.load_state_dict(state["env"])
+        loop.update(next_obs=state["next_obs"].to(device), next_done=state["next_done"].to(device))
+        loop["next_state"] = None if state["next_state"] is None else state["next_state"].to(device)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -944,12 +950,16 @@ def to_cpu(x):
 # Evaluation: episodes in envs of their own, in-process (rank 0) or in a separate process
 # ---------------------------------------------------------------------------------------------------
 @torch.inference_mode()
-def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=None, frames=None) -> dict[str, float]:
-    """One episode in each of `episodes` envs played together; `policy(env, obs)` returns actions. The mean of
-    each episode metric; `render_to(text)` shows env 0 frame by frame (and ends the play with its episode);
-    `frames` (a list) receives env 0's images until its episode ends, at most MAX_VIDEO_FRAMES."""
+def evaluate(
+    policy, args: Args, device, episodes: int, seed: int, render_to=None, frames=None, time_limit: float = math.inf
+) -> dict[str, float]:
+    """One episode (game) in each of `episodes` envs played together; `policy(env, obs)` returns actions. The mean
+    of each episode metric over the episodes that ended within `time_limit` seconds ({} if none did); `render_to(text)`
+    shows env 0 frame by frame (and ends the play with its episode); `frames` (a list) receives env 0's images until
+    its episode ends, at most MAX_VIDEO_FRAMES."""
+    deadline = time.monotonic() + time_limit
     env = Env(episodes, device, seed, 0, args)
-    obs, finished = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device)
+    obs, finished, timed_out = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device), False
     totals = {k: torch.zeros(episodes, device=device) for k in EPISODE_METRICS}
     if frames is not None:
         frames.append(draw(env, 0))
@@ -959,13 +969,18 @@ def evaluate(policy, args: Args, device, episodes: int, seed: int, render_to=Non
             render_to(render(env, 0))
         if frames is not None and not finished[0] and len(frames) < MAX_VIDEO_FRAMES:
             frames.append(draw(env, 0))  # a host copy per step: evaluation only, and only when asked
+        ended = info.get("game_over", done)
         for k, v in totals.items():
-            v.copy_(torch.where(done & ~finished, info[k].float(), v))
-        finished |= done
-        if finished.all() or (render_to and finished[0]):
+            v.copy_(torch.where(ended & ~finished, info[k].float(), v))
+        finished |= ended
+        timed_out = time.monotonic() > deadline
+        if finished.all() or (render_to and finished[0]) or timed_out:
             break
-    n = finished.sum().clamp(min=1)
-    return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()}
+    n = int(finished.sum())
+    if n < episodes and not render_to:
+        why = f"stopped at its time limit ({time_limit:.0f} s)" if timed_out else f"ran {env.max_episode_steps} steps"
+        print(f"warning: the evaluation {why}: {n} of {episodes} episodes ended", file=sys.stderr)
+    return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()} if n else {}
 
 
 MAX_VIDEO_FRAMES = 1000  # a GIF holds at most this many steps of an episode
@@ -1231,7 +1246,7 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.bench_env:
-        num_envs = args.num_envs or device_num_envs(device)
+        num_envs = args.num_envs or device_num_envs(device, local_world)
         sps = bench_env(Env(num_envs, device, args.seed, 0, args), steps=500)
         print(f"{num_envs} envs on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
@@ -1251,7 +1266,7 @@ def main() -> int:
     )
     try:  # every exit path below leaves through `finally`, which shuts the process group down
         cpus = pin_to_share(args.pin_cpus and not use_cuda, local_rank, local_world)
-        args.num_envs = agree_num_envs(args, device, world_size)
+        args.num_envs = agree_num_envs(args, device, world_size, local_world)
         sizes = derived_sizes(args, world_size)  # the same verdict on every rank: the sizes are agreed
         code = train(args, sizes, rank, world_size, device, cpus)
         dist.barrier()  # a successful run ends together
@@ -1329,6 +1344,8 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
         restore_state(state, agent, optimizers, env, minibatch_gen, loop, device)
         if rank == 0:
             print(f"resumed from {state['path']} at update {loop['update']}, global_step {loop['global_step']:,}")
+            if state["env"] is None:
+                print("the environments cannot save their state: their episodes restart (all else is restored)")
 
     # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
     model = DDP(
@@ -1390,10 +1407,9 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
             eval_stats = {}
             if rank == 0 and evaluating and args.eval_mode == "local":
-                frames = [] if args.capture_video else None
-                eval_stats = evaluate(
-                    greedy(agent), args, device, args.eval_episodes, args.seed + 1_000_003, None, frames
-                )
+                frames, seed = [] if args.capture_video else None, args.seed + 1_000_003
+                limit = args.dist_timeout / 2  # the other ranks wait for it at their next collective
+                eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, seed, None, frames, limit)
                 if frames:
                     save_gif(frames, run_dir / "videos" / f"update_{update:08d}.gif")
             elif rank == 0 and evaluating:

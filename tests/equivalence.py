@@ -26,8 +26,12 @@ def make_problem(script: str, target_kl: float | None):
     torch.manual_seed(0)
     agent = mod.Agent(env.obs_shape, env.n_actions, args)
     g = torch.Generator().manual_seed(1)
-    high = int(env.reset().max()) + 1  # each obs entry in [0, high): 256 for Snake's planes, 2 for the Arena's
-    obs = torch.randint(0, high, (2 * HALF, *env.obs_shape), generator=g, dtype=torch.uint8)
+    first = env.reset()
+    if first.dtype.is_floating_point:  # CartPole's vector: entries of a few units
+        obs = torch.randn((2 * HALF, *env.obs_shape), generator=g)
+    else:  # each obs entry in [0, high): 256 for Snake's planes, 2 for the Arena's
+        high = int(first.max()) + 1
+        obs = torch.randint(0, high, (2 * HALF, *env.obs_shape), generator=g, dtype=torch.uint8)
     obs[HALF:] = 0
     with torch.no_grad():
         actions, logprobs, _, values, _ = agent(obs)

@@ -29,16 +29,21 @@ SMALL = [
 ]
 
 
-@pytest.fixture(params=["ppo_ddp_snake.py", "ppo_ddp.py"])
+@pytest.fixture(params=["ppo_ddp_snake.py", "ppo_ddp.py", "ppo_ddp_gym.py"])
 def script(request):
-    """Both scripts: what depends on the environment and the agent as well (equivalence, exact resume)."""
+    """Every script (the Gymnasium one on CartPole, its default): what depends on the environment and the agent
+    as well (equivalence, exact resume)."""
     return request.param
 
 
-@pytest.fixture(params=[["ppo_ddp_snake.py"], ["ppo_ddp.py", "--agent=lstm"]], ids=["ppo_ddp_snake", "ppo_ddp-lstm"])
+@pytest.fixture(
+    params=[["ppo_ddp_snake.py"], ["ppo_ddp.py", "--agent=lstm"], ["ppo_ddp_gym.py"]],
+    ids=["ppo_ddp_snake", "ppo_ddp-lstm", "ppo_ddp_gym"],
+)
 def recurrent_too(request):
-    """Both scripts, the Arena's with the LSTM agent, for what must survive a stop (resume, elastic restart): the
-    agent's memory too. An MLP has none to lose; Snake's runs cover it."""
+    """Every script, the Arena's with the LSTM agent, for what must survive a stop (resume, elastic restart): the
+    agent's memory too (an MLP has none to lose; Snake's runs cover it), and CartPole's physics, RNG and time-limit
+    counters, saved through Gymnasium."""
     return request.param
 
 

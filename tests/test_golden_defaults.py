@@ -21,9 +21,10 @@ import pytest
 from helpers import explain, finish, python, start, torchrun_cmd
 
 GOLDEN = Path(__file__).parent / "golden"
-SCRIPTS = ["ppo_ddp_snake", "ppo_ddp", "benchmark_ddp", "test_unused_params"]
-PPO = ["ppo_ddp_snake", "ppo_ddp"]
-# 409,600 steps: --num-envs 0 resolves to 16 per rank (the most leaving 100 updates of 2 x 16 x num_steps)
+PPO = sorted(p.stem for p in Path(__file__).resolve().parents[1].glob("ppo_ddp*.py"))
+SCRIPTS = [*PPO, "benchmark_ddp", "test_unused_params"]
+# 409,600 steps: --num-envs 0 resolves to 16 per rank (the most leaving 100 updates of 2 x 16 x num_steps) where
+# the envs step on the device; where they step on the CPU, to its share of the cores (the run keeps to 2 of them)
 RESOLVE = ["--total-timesteps=409600", "--run-name=golden"]
 
 
@@ -46,7 +47,8 @@ def flags(script: str) -> list[str]:
 def resolved_config(script: str, cwd: Path) -> dict:
     """config.json of a run at the defaults, without what depends on the machine (host, CPUs, torch version).
     The run stops once it is written: the resolution happens before training."""
-    proc, path = start(torchrun_cmd(f"{script}.py", *RESOLVE), cwd=cwd), cwd / "runs/golden/config.json"
+    cmd = ["taskset", "-c", "0,1", *torchrun_cmd(f"{script}.py", *RESOLVE)]  # the same cores on any machine
+    proc, path = start(cmd, cwd=cwd), cwd / "runs/golden/config.json"
     deadline = time.time() + 120
     while not path.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)

@@ -1,0 +1,1477 @@
+"""PPO on any Gymnasium environment with discrete actions, Atari included, trained across N processes with DDP.
+
+  torchrun --standalone --nproc-per-node=2 ppo_ddp_gym.py --env-id CartPole-v1 --num-envs 2     # CleanRL ppo.py's batch
+  torchrun --standalone --nproc-per-node=2 ppo_ddp_gym.py --env-id BreakoutNoFrameskip-v4 --num-envs 8 \\
+      --clip-coef 0.1 --total-timesteps 10000000 --eval-mode async                  # CleanRL ppo_atari_multigpu.py
+  python ppo_ddp_gym.py --eval-checkpoint runs/RUN/final_model.pt --render                      # watch it play
+
+The template (ppo_ddp_snake.py) with its environment part rewritten: each rank steps its own Gymnasium vector env
+on the CPU (seeded by global env id), collects a rollout with the plain module, and trains through the DDP
+wrapper. Vector observations get CleanRL ppo.py's MLP, Atari CleanRL's preprocessing and Nature CNN.
+"""
+
+import contextlib
+import csv
+import gc
+import json
+import math
+import os
+import pickle
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before init_process_group, or destroy_process_group frees nothing (README)
+import torch.nn as nn
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = "ppo_ddp_gym"
+    """the name of this experiment (the run name starts with it)"""
+    seed: int = 1
+    """seed of the experiment; rank r seeds its sampling with seed + r, envs by global env id"""
+    torch_deterministic: bool = True
+    """`torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use cuda:LOCAL_RANK when CUDA is present (backend nccl); otherwise CPU (backend gloo)"""
+    track: bool = False
+    """log to Weights and Biases as well (wandb is imported only then)"""
+    wandb_project_name: str = "ppo-ddp"
+    """the wandb project"""
+    run_name: str = ""
+    """runs/<run_name>/; empty = <exp_name>__<loss>__<seed>__<launch id>, the same after a torchrun restart"""
+
+    # The environment
+    env_id: str = "CartPole-v1"
+    """any registered Gymnasium id with a Discrete action space: vector observations (an MLP), Atari (ALE/...-v5,
+    ...NoFrameskip-v4: CleanRL's preprocessing and the Nature CNN), or module:Id to import your own module first"""
+    vector_mode: Literal["sync", "async"] = "sync"
+    """sync: a rank steps its envs in its own process; async: one subprocess per env (for many cores per rank)"""
+
+    # Algorithm (CleanRL ppo.py's values)
+    loss: Literal["ppo"] = "ppo"
+    """the loss (compute_loss): PPO's clipped actor and critic losses"""
+    total_timesteps: int = 500_000
+    """environment steps of all ranks together (global)"""
+    num_envs: int = 0
+    """envs per rank; 0 = auto: one per CPU core of a rank's share of the smallest node (a power of two, leaving at
+    least 100 updates). CleanRL ppo.py's 4 envs on 2 ranks: --num-envs 2"""
+    num_steps: int = 128
+    """steps per env per rollout (per-rank batch = num_envs * num_steps)"""
+    num_minibatches: int = 4
+    """minibatches per epoch; each rank's batch is split the same way, a global minibatch spans all ranks"""
+    update_epochs: int = 4
+    """passes over the batch per update"""
+    learning_rate: float = 2.5e-4
+    """initial learning rate of Adam"""
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    """linear: lr * (1 - p), CleanRL's anneal_lr; constant: lr; p = global_step / total"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalized advantage estimation"""
+    norm_adv: bool = True
+    """normalize advantages with the mean and std of the global minibatch (all ranks)"""
+    clip_coef: float = 0.2
+    """PPO's surrogate clipping coefficient (CleanRL's Atari scripts: 0.1)"""
+    clip_vloss: bool = True
+    """clip the value loss as in PPO's reference implementation"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient norm clip"""
+    target_kl: float | None = None
+    """stop the update's epochs early when the mean KL over all ranks exceeds this (None = never)"""
+    hidden_size: int = 64
+    """width of the MLP's two hidden layers (vector observations; the Nature CNN's are fixed)"""
+
+    # DDP
+    find_unused: Literal["auto", "on", "off"] = "auto"
+    """DDP(find_unused_parameters=...): auto = on exactly when the loss leaves some parameter without a gradient
+    (never here). --find-unused and --no-find-unused mean on and off"""
+    static_graph: bool = False
+    """DDP(static_graph=True)"""
+    pin_cpus: bool = True
+    """on CPU, each local rank keeps to its own disjoint share of the CPUs the launcher allows
+    (--no-pin-cpus: the OS places the ranks)"""
+    dist_timeout: float = 600.0
+    """seconds any collective may wait before the job fails; a local evaluation stops after half of it"""
+
+    # Run control
+    checkpoint_interval: int = 50
+    """updates between checkpoints (0 = only the final model)"""
+    eval_interval: int = 50
+    """updates between greedy evaluations on rank 0 (0 = off); with --eval-mode local the other ranks wait for it"""
+    eval_episodes: int = 10
+    """episodes (whole games) per evaluation, played in parallel, one per env"""
+    eval_mode: Literal["local", "async", "none"] = "local"
+    """local: rank 0 evaluates in-process; async: a separate process evaluates a saved snapshot while training
+    goes on (Atari: its games take minutes), and rank 0 logs its results when they arrive; none: no evaluation"""
+    resume: bool = False
+    """continue runs/<run_name>/ from its latest checkpoint (also done automatically after a torchrun
+    restart); world size and schedule must match"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs the forward passes under autocast"""
+    compile: bool = False
+    """torch.compile the rollout policy and the DDP training model"""
+    print_interval: float = 10.0
+    """seconds between console status tables on rank 0"""
+
+    # Other modes
+    bench_env: bool = False
+    """step the envs alone with random actions, print `<number> steps/s` and exit"""
+    eval_checkpoint: str = ""
+    """play a checkpoint or final_model.pt in one process, print the mean return and exit"""
+    eval_json: str = ""
+    """with --eval-checkpoint: also write the results to this JSON file (used by --eval-mode async)"""
+    baseline: Literal["", "random"] = ""
+    """play random actions for eval_episodes episodes, print the mean return and exit"""
+    render: bool = False
+    """with --eval-checkpoint: draw env 0's rgb_array frames in the terminal (24-bit colour), frame by frame"""
+    capture_video: bool = False
+    """write an animated GIF of one greedy episode with each evaluation (runs/<run_name>/videos/), and with
+    --eval-checkpoint PATH beside PATH, from the environment's rgb_array frames (Pillow is imported only then)"""
+    render_fps: float = 30.0
+    """frames per second of --render"""
+
+
+class ArgError(ValueError):
+    """A bad flag or combination: one line on stderr, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Yours to edit, from Args down to the marked line below: the environment, the agent, the loss. This file is
+# ppo_ddp_snake.py with this part rewritten for Gymnasium. The machinery below that line needs:
+#   Args: the fields it reads (run control, DDP, the sizes, learning_rate, max_grad_norm, target_kl, loss)
+#   Env(num_envs, device, seed, env_id_offset, cfg): its settings read from cfg (bad ones raise ArgError);
+#     .num_envs, .device, .obs_shape, .n_actions, .max_episode_steps; .steps_on: "device" (vectorized in torch:
+#     --num-envs 0 fills device memory) or "cpu" (one env per CPU core); reset() -> obs; step(actions) -> (obs,
+#     reward, done, info), tensors on `device`, auto-reset, done ending the value target; each finished episode's
+#     metrics in info where info["game_over"] (default: done; a lost Atari life is done, not game over);
+#     state_dict() -> dict, or None where the envs cannot save their state (a resume restarts their episodes),
+#     load_state_dict()
+#   EPISODE_METRICS {info key: tag}; render(env, i) -> str; draw(env, i) -> uint8 image [H, W, 3] (a GIF frame)
+#   BASELINES {name: make(generator) -> policy(env, obs)}
+#   Agent(obs_shape, n_actions, cfg): .initial_state(n, device) -> the memory of n envs at an episode's start,
+#     a tensor [n, ...] (None: no memory); .forward(obs, state=None, done=None, action=None, greedy=False) ->
+#     (action, logprob, entropy, value, state): obs holds T steps of n envs, time-major ([T * n, ...]), state
+#     the memory before the first, done [T * n] flags the obs that begin an episode; the returned state is the
+#     memory after the last step. A memoryless agent ignores state and done and returns state as it came
+#   make_optimizers(agent, args) -> [optimizer]; schedules_at(args, p) -> {"learning_rate": ..., ...}
+#   rollout_extras(env, args) -> {name: [N] tensor} stored with each step (e.g. a teacher's actions)
+#   compute_advantages(b, next_value, next_done, args) -> (advantages, returns), b holding [T, N] tensors
+#   compute_loss(model, mb, args, coef) -> (loss, [policy, value, entropy, approx_kl, clipfrac]), mb holding a
+#     minibatch's tensors (the rollout's keys, advantages, norm_advantages, returns) and its envs' first "state"
+#   check_args(args): raise ArgError on what cannot train
+# ---------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environment: a Gymnasium vector env on the CPU, one host-to-device copy of its observations per step
+# ---------------------------------------------------------------------------------------------------
+ATARI_ENTRY_POINT = "ale_py.env:AtariEnv"
+# Envs whose whole state (physics, RNG, time-limit counter) pickles and unpickles exactly: a checkpoint holds it
+# and a resume is bit-identical. ALE pickles too, but a restored game plays on differently (tried with ale-py
+# 0.12.1), so Atari and every env not listed here restart their episodes on resume. Add your module if it can.
+RESTORABLE = ("gymnasium.envs.classic_control.",)
+
+
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of env_id (ale-py registers the Atari ids when first needed), or ArgError."""
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error:
+        import ale_py  # the Atari ids; its ROMs ship in the wheel
+
+        gym.register_envs(ale_py)
+    try:
+        return gym.spec(env_id)
+    except (gym.error.Error, ImportError) as e:
+        raise ArgError(f"--env-id {env_id}: {str(e).splitlines()[0]}") from None
+
+
+class GameStats(gym.Wrapper):
+    """Innermost wrapper: each game's raw return and length (before reward clipping and lost lives), put in the
+    info of its last step; snapshot()/restore() pickle the env beneath it, for envs listed in RESTORABLE."""
+
+    def __init__(self, env: gym.Env, index: int):
+        super().__init__(env)
+        self.index, self.game_return, self.game_length = index, 0.0, 0
+
+    def reset(self, **kwargs):
+        self.game_return, self.game_length = 0.0, 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_return += float(reward)
+        self.game_length += 1
+        if terminated or truncated:
+            info = {**info, "game_over": True, "game_return": self.game_return, "game_length": self.game_length}
+        return obs, reward, terminated, truncated, info
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps((self.env, self.game_return, self.game_length))
+
+    def restore(self, snapshots: list) -> None:
+        self.env, self.game_return, self.game_length = pickle.loads(snapshots[self.index])
+
+
+class EpisodicLife(gym.Wrapper):
+    """A lost life ends the episode (the value target) but not the game: reset() then steps a no-op (CleanRL)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lives, self.game_over = 0, True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.env.unwrapped.ale.lives()
+        terminated = terminated or 0 < lives < self.lives
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs):
+        if self.game_over:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE after every reset, for games that wait for it (CleanRL's FireResetEnv)."""
+
+    def reset(self, **kwargs):
+        self.env.reset(**kwargs)
+        for action in (1, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+class ClipReward(gym.RewardWrapper):
+    """The sign of the reward (the game's own score is in GameStats)."""
+
+    def reward(self, reward):
+        return float(np.sign(reward))
+
+
+def make_env(env_id: str, atari: bool, render: bool, index: int) -> gym.Env:
+    """One env: GameStats innermost; for Atari CleanRL's preprocessing (no-op reset, max-and-skip 4, episodic
+    life, fire reset, reward clipping, 84x84 grayscale, 4 stacked frames)."""
+    kwargs = {"render_mode": "rgb_array"} if render else {}
+    if not atari:
+        return GameStats(gym.make(env_id, **kwargs), index)
+    env = GameStats(gym.make(env_id, frameskip=1, **kwargs), index)  # the preprocessing skips the frames
+    env = EpisodicLife(gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84))
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireReset(env)
+    return gym.wrappers.FrameStackObservation(ClipReward(env), 4)
+
+
+class GymEnv:
+    """`num_envs` Gymnasium envs of --env-id in a vector env that autoresets in the same step (the step that ends
+    an episode returns the next one's first observation, so no transition mixes two episodes). Env i of rank r
+    has global id r * num_envs + i and seed hash(seed, id)."""
+
+    steps_on = "cpu"
+
+    def __init__(self, num_envs: int, device="cpu", seed: int = 1, env_id_offset: int = 0, cfg: Args | None = None):
+        cfg = cfg or Args()
+        spec = env_spec(cfg.env_id)
+        atari = spec.entry_point == ATARI_ENTRY_POINT
+        if atari and spec.kwargs.get("obs_type", "rgb") != "rgb":
+            raise ArgError(f"--env-id {cfg.env_id}: Atari RAM or grayscale observations are not supported (use rgb)")
+        probe = gym.make(cfg.env_id, **({"frameskip": 1} if atari else {}))
+        obs_space, action_space, modes = probe.observation_space, probe.action_space, probe.metadata["render_modes"]
+        probe.close()
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ArgError(f"--env-id {cfg.env_id}: the action space is {action_space}; PPO here needs Discrete")
+        if not (isinstance(obs_space, gym.spaces.Box) and (atari or len(obs_space.shape) == 1)):
+            raise ArgError(f"--env-id {cfg.env_id}: observations {obs_space} are neither a vector nor an Atari screen")
+        self.render_mode = "rgb_array" in modes
+        if (cfg.capture_video or cfg.render) and not self.render_mode:
+            raise ArgError(f"--capture-video and --render need rgb_array frames; {cfg.env_id} renders {modes}")
+        self.num_envs, self.device, self.atari = num_envs, torch.device(device), atari
+        self.restorable = spec.entry_point.startswith(RESTORABLE) and not atari
+        fns = [partial(make_env, cfg.env_id, atari, self.render_mode, i) for i in range(num_envs)]
+        same_step = gym.vector.AutoresetMode.SAME_STEP
+        vector = gym.vector.SyncVectorEnv if cfg.vector_mode == "sync" else gym.vector.AsyncVectorEnv
+        self.vec = vector(fns, autoreset_mode=same_step)
+        self.obs_shape = tuple(self.vec.single_observation_space.shape)
+        self.n_actions = int(self.vec.single_action_space.n)
+        frames = spec.max_episode_steps or spec.kwargs.get("max_num_frames_per_episode") or 10**9
+        self.max_episode_steps = frames // 4 if atari else frames  # 108,000 Atari frames = 27,000 steps
+        gid = range(env_id_offset, env_id_offset + num_envs)
+        self.seeds = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in gid]
+
+    def reset(self) -> torch.Tensor:
+        """Restart every env from its seed: the same seed and ids always give the same episodes."""
+        obs, _ = self.vec.reset(seed=self.seeds)
+        return torch.from_numpy(obs).to(self.device)
+
+    def step(self, actions: torch.Tensor):
+        """Step every env; returns obs, reward (float32), done (a lost life too) and, where info["game_over"],
+        the finished game's episode_return (raw, unclipped) and episode_length."""
+        obs, reward, terminated, truncated, infos = self.vec.step(actions.cpu().numpy())
+        final = infos.get("final_info", {})
+        over = final.get("_game_over", np.zeros(self.num_envs, dtype=bool))
+        scalars = np.stack(
+            [
+                reward,
+                terminated | truncated,
+                over,
+                np.where(over, final.get("game_return", 0.0), 0.0),
+                np.where(over, final.get("game_length", 0), 0),
+            ],
+            1,
+        ).astype(np.float32)
+        s = torch.from_numpy(scalars).to(self.device)
+        info = {"game_over": s[:, 2].bool(), "episode_return": s[:, 3], "episode_length": s[:, 4]}
+        return torch.from_numpy(obs).to(self.device), s[:, 0], s[:, 1].bool(), info
+
+    def state_dict(self) -> dict | None:
+        return {"envs": list(self.vec.call("snapshot"))} if self.restorable else None
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["envs"]) != self.num_envs:
+            raise ValueError(f"GymEnv: {len(state['envs'])} saved envs, want {self.num_envs}")
+        self.vec.call("restore", state["envs"])
+
+    def frame(self, i: int) -> np.ndarray:
+        """Env i's rgb_array frame."""
+        if isinstance(self.vec, gym.vector.SyncVectorEnv):
+            return self.vec.envs[i].render()
+        return self.vec.call("render")[i]
+
+
+Env = GymEnv
+EPISODE_METRICS = {  # info key: tag in TensorBoard and progress.csv; the first is the headline
+    "episode_return": "charts/episodic_return",
+    "episode_length": "charts/episodic_length",
+}
+BASELINES = {"random": lambda gen: lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,), generator=gen)}
+
+
+def draw(env: GymEnv, i: int) -> np.ndarray:
+    """Env i's own rgb_array frame."""
+    return np.ascontiguousarray(env.frame(i), dtype=np.uint8)
+
+
+def render(env: GymEnv, i: int, width: int = 80) -> str:
+    """Env i's frame in the terminal: at most `width` columns, two pixels per character (24-bit colour)."""
+    frame = draw(env, i)
+    step = max(1, -(-frame.shape[1] // width))
+    image = frame[::step, ::step]
+    if len(image) % 2:
+        image = np.concatenate([image, np.zeros_like(image[:1])])
+    rows = []
+    for top, bottom in zip(image[0::2], image[1::2], strict=True):
+        cells = (
+            f"\033[38;2;{a[0]};{a[1]};{a[2]}m\033[48;2;{b[0]};{b[1]};{b[2]}m\u2580"
+            for a, b in zip(top, bottom, strict=True)
+        )
+        rows.append("".join(cells) + "\033[0m")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Agent: CleanRL's, ppo.py's MLP on vectors, ppo_atari.py's Nature CNN on Atari screens
+# ---------------------------------------------------------------------------------------------------
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """Vector observations: separate actor and critic MLPs (two tanh layers each). Screens (uint8 [4, 84, 84]):
+    the Nature CNN shared by a linear actor and critic."""
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, args: Args):
+        super().__init__()
+        if len(obs_shape) == 1:
+            mlp = lambda n_out, std: nn.Sequential(  # noqa: E731
+                layer_init(nn.Linear(obs_shape[0], args.hidden_size)),
+                nn.Tanh(),
+                layer_init(nn.Linear(args.hidden_size, args.hidden_size)),
+                nn.Tanh(),
+                layer_init(nn.Linear(args.hidden_size, n_out), std=std),
+            )
+            self.trunk, self.scale = nn.Identity(), 1.0
+            self.actor, self.critic = mlp(n_actions, 0.01), mlp(1, 1.0)
+        else:
+            self.trunk = nn.Sequential(
+                layer_init(nn.Conv2d(obs_shape[0], 32, 8, stride=4)),
+                nn.ReLU(),
+                layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+                nn.ReLU(),
+                layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+                nn.ReLU(),
+                nn.Flatten(),
+            )
+            with torch.no_grad():
+                n_flat = self.trunk(torch.zeros(1, *obs_shape)).shape[1]
+            self.trunk.append(layer_init(nn.Linear(n_flat, 512)))
+            self.trunk.append(nn.ReLU())
+            self.scale = 1.0 / 255.0  # uint8 frames
+            self.actor, self.critic = (
+                layer_init(nn.Linear(512, n_actions), std=0.01),
+                layer_init(nn.Linear(512, 1), std=1.0),
+            )
+
+    def initial_state(self, n: int, device) -> None:
+        """No memory: the stacked frames are all there is."""
+        return None
+
+    def forward(self, obs: torch.Tensor, state=None, done=None, action=None, greedy: bool = False):
+        """(action, log-prob, entropy, value, state); samples an action unless one is given. Memoryless: state
+        and done (the contract's, for agents with memory) pass through unused."""
+        hidden = self.trunk(obs.float() * self.scale)
+        logits = self.actor(hidden)
+        probs = Categorical(logits=logits.float(), validate_args=False)  # fp32 under autocast
+        if action is None:
+            action = logits.argmax(-1) if greedy else probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1), state
+
+
+def make_optimizers(agent: Agent, args: Args) -> list[torch.optim.Optimizer]:
+    return [torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedule, advantages, loss (the tests call these very functions)
+# ---------------------------------------------------------------------------------------------------
+def learning_rate_at(args: Args, progress: float) -> float:
+    """The learning rate at progress p = global_step / total_timesteps in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    factor = {"linear": 1.0 - p, "constant": 1.0}
+    return args.learning_rate * factor[args.lr_schedule]
+
+
+def schedules_at(args: Args, p: float) -> dict[str, float]:
+    return {"learning_rate": learning_rate_at(args, p)}
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+    """Advantages and returns (= advantages + rollout values). dones[t] = 1 means obs[t] began a new
+    episode, so nothing flows back across it (CleanRL's convention). Shapes [T, N]."""
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        not_done = 1.0 - (next_done if t == rewards.shape[0] - 1 else dones[t + 1])
+        next_v = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_v * not_done - values[t]
+        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+def compute_advantages(b: dict, next_value, next_done, args: Args):
+    return compute_gae(b["rewards"], b["values"], b["dones"], next_value, next_done, args.gamma, args.gae_lambda)
+
+
+def rollout_extras(env: GymEnv, args: Args) -> dict[str, torch.Tensor]:
+    return {}  # PPO needs nothing besides the rollout itself
+
+
+def compute_loss(model: nn.Module, mb: dict, args: Args, coef: dict[str, float]):
+    """PPO's loss on minibatch `mb`; returns (loss, [policy, value, entropy, approx_kl, clipfrac])."""
+    _, newlogprob, entropy, newvalue, _ = model(mb["obs"], mb["state"], mb["dones"], mb["actions"])
+    logratio = newlogprob.float() - mb["logprobs"]
+    ratio = logratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+    adv = mb["norm_advantages" if args.norm_adv else "advantages"]  # normalized per global minibatch
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    newvalue, returns, values = newvalue.float(), mb["returns"], mb["values"]
+    v_loss = (newvalue - returns) ** 2
+    if args.clip_vloss:
+        v_loss = torch.max(v_loss, (values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef) - returns) ** 2)
+    v_loss = 0.5 * v_loss.mean()
+    entropy_loss = entropy.float().mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    return loss, [pg_loss, v_loss, entropy_loss, approx_kl, clipfrac]
+
+
+def check_args(args: Args) -> None:
+    """What this script's own settings need (the machinery checks the rest)."""
+    GymEnv(1, "cpu", 0, 0, args).vec.close()  # the environment checks its own settings
+    checks = [
+        (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must be in [0, 1]"),
+        (args.clip_coef > 0 and args.hidden_size > 0, "--clip-coef and --hidden-size must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ArgError(message)
+
+
+# ===================================================================================================
+# TRY NOT TO MODIFY: the distributed machinery. Everything from this line to the end of the file is the same,
+# byte for byte, in every PPO script here (tests/test_template.py keeps it so); it needs only the contract
+# stated at the top of the file.
+# ===================================================================================================
+class StopEveryRank(RuntimeError):
+    """A failure every rank raises alike (a checkpoint rank 0 could not write): one line each, exit code 1."""
+
+
+def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
+    """Batch sizes and update count; raises ArgError on anything that cannot train, the environment's and the
+    script's own settings included (check_args). Pure: every rank reaches the same verdict from the same
+    arguments. With --num-envs 0 it checks the rest and returns {}: the sizes wait for agree_num_envs."""
+    for name in ("num_steps", "num_minibatches", "update_epochs", "total_timesteps", "eval_episodes"):
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    checks = [
+        (args.num_envs >= 0, f"--num-envs must be positive (or 0 = auto), got {args.num_envs}"),
+        (args.learning_rate > 0, "--learning-rate must be positive"),
+        (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
+        (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive"),
+        (min(args.checkpoint_interval, args.eval_interval) >= 0, "--checkpoint-interval and --eval-interval >= 0"),
+        (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ArgError(message)
+    check_args(args)
+    if args.num_envs == 0:
+        return {}
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise ArgError(
+            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
+        )
+    if args.total_timesteps < batch * world_size:
+        raise ArgError(
+            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
+            f"({args.num_envs} envs x {args.num_steps} steps x {world_size} ranks = {batch * world_size})"
+        )
+    return {
+        "world_size": world_size,
+        "batch_size_per_rank": batch,
+        "global_batch_size": batch * world_size,
+        "minibatch_size_per_rank": batch // args.num_minibatches,
+        "num_updates": args.total_timesteps // (batch * world_size),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rollout and update
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def rollout(policy, env, loop: dict, args: Args) -> tuple[dict, torch.Tensor, dict, torch.Tensor | None]:
+    """num_steps steps of every env with the plain module (no DDP, no gradients). Returns the batch [T, N, ...],
+    the value of the last obs, each episode metric summed over the episodes (games) that ended (on the device), and the
+    agent's memory at the first step (None: it has none), from which the update replays the rollout."""
+    state0 = loop["next_state"]
+    T, N, dev = args.num_steps, env.num_envs, loop["next_obs"].device
+    step = lambda: policy(loop["next_obs"], loop["next_state"], loop["next_done"])  # noqa: E731
+    b = {"obs": torch.zeros((T, *loop["next_obs"].shape), dtype=loop["next_obs"].dtype, device=dev)}
+    b.update({k: torch.zeros((T, N), device=dev) for k in ("actions", "logprobs", "values", "rewards", "dones")})
+    ep = {k: torch.zeros((), device=dev) for k in ("episodes", *EPISODE_METRICS)}
+    with torch.autocast(dev.type, torch.bfloat16, enabled=args.precision == "bf16"):
+        for t in range(T):
+            b["obs"][t], b["dones"][t] = loop["next_obs"], loop["next_done"]
+            for k, v in rollout_extras(env, args).items():
+                b.setdefault(k, torch.zeros((T, *v.shape), dtype=v.dtype, device=dev))[t] = v
+            action, logprob, _, value, loop["next_state"] = step()  # the memory (if any) goes on with the env
+            b["values"][t], b["actions"][t], b["logprobs"][t] = value.float(), action, logprob.float()
+            loop["next_obs"], b["rewards"][t], done, info = env.step(action)
+            loop["next_done"] = done.float()
+            ended = info.get("game_over", done)  # a lost life ends the value target, a game the episode metrics
+            ep["episodes"] += ended.sum()
+            for k in EPISODE_METRICS:
+                ep[k] += torch.where(ended, info[k], 0).sum()
+        next_value = step()[3].float()
+    return b, next_value, ep, state0
+
+
+def minibatches(n: int, num_minibatches: int, gen: torch.Generator, num_envs: int = 0) -> list[torch.Tensor]:
+    """One epoch's minibatch indices into a flat batch of n samples, time-major (sample t * N + i: env i at step
+    t), on the generator's device (no host copy). Every rank draws the same permutation (a generator seeded
+    alike) of its own batch, so global minibatch k is the union of the ranks' k-th minibatches. For an agent
+    with memory (num_envs = N) the permutation is of envs: a minibatch holds whole envs, every step of each,
+    time-major, so its first entries are the envs themselves."""
+    if not num_envs:
+        perm, size = torch.randperm(n, generator=gen, device=gen.device), n // num_minibatches
+        return [perm[i : i + size] for i in range(0, n, size)]
+    perm, size = torch.randperm(num_envs, generator=gen, device=gen.device), num_envs // num_minibatches
+    steps = torch.arange(0, n, num_envs, device=gen.device)[:, None]
+    return [(steps + perm[i : i + size]).flatten() for i in range(0, num_envs, size)]
+
+
+def minibatch(b: dict, mb: torch.Tensor, state0: torch.Tensor | None) -> dict:
+    """The tensors of minibatch mb; "state": the memory its envs began the rollout with (None: no memory). A
+    minibatch of whole envs is time-major, so its first len(mb) / T indices are the envs themselves."""
+    envs = None if state0 is None else mb[: len(mb) * len(state0) // len(b["obs"])]
+    return {**{k: v[mb] for k, v in b.items()}, "state": None if envs is None else state0[envs]}
+
+
+def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch.Tensor:
+    """adv normalized with the mean and (unbiased) std of each global minibatch, i.e. every rank's k-th
+    minibatch joined: one all-reduce of per-minibatch sums for the whole epoch, not one per minibatch."""
+    x = adv.double()
+    s = torch.stack([torch.stack([x[mb].sum(), (x[mb] * x[mb]).sum(), x.new_tensor(float(len(mb)))]) for mb in mbs])
+    dist.all_reduce(s)
+    mean = s[:, 0] / s[:, 2]
+    std = ((s[:, 1] - s[:, 2] * mean * mean) / (s[:, 2] - 1).clamp(min=1)).clamp(min=0).sqrt()
+    out = torch.empty_like(adv)
+    for k, mb in enumerate(mbs):
+        out[mb] = (adv[mb] - mean[k].float()) / (std[k].float() + 1e-8)
+    return out
+
+
+def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: torch.Generator, state0=None):
+    """update_epochs passes of compute_loss over this rank's batch `b` (flat tensors, time-major), in the same
+    minibatches on every rank; b["norm_advantages"] holds the advantages normalized per global minibatch. An
+    agent with memory replays whole envs from state0, their memory at the rollout's start. `model` is the DDP
+    wrapper, so each backward averages the gradients over ranks. Returns the losses averaged over minibatches
+    and ranks."""
+    sums = torch.zeros(6, device=b["obs"].device)  # policy, value, entropy, approx_kl, clipfrac, minibatches
+    for _epoch in range(args.update_epochs):
+        epoch_kl = torch.zeros(2, device=sums.device)
+        mbs = minibatches(b["obs"].shape[0], args.num_minibatches, gen, 0 if state0 is None else len(state0))
+        epoch_b = {**b, "norm_advantages": normalize_per_minibatch(b["advantages"], mbs)}
+        for mb in mbs:
+            with torch.autocast(sums.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
+                loss, stats = compute_loss(model, minibatch(epoch_b, mb, state0), args, coef)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP all-reduces the gradients here: they are identical on every rank after it
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            if not torch.isfinite(grad_norm):  # same verdict on every rank: the gradients are all-reduced
+                raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}) at loss {loss.item()}")
+            for opt in optimizers:
+                opt.step()
+            one = torch.ones((), device=sums.device)
+            sums += torch.stack([*stats, one]).detach().float()
+            epoch_kl += torch.stack([stats[3].detach().float(), one])
+        if args.target_kl is not None:  # decided together: the mean KL of this epoch over all ranks
+            dist.all_reduce(epoch_kl)
+            if (epoch_kl[0] / epoch_kl[1]).item() > args.target_kl:
+                break
+    if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():  # identical on every rank
+        raise FloatingPointError("non-finite weights after the update")
+    dist.all_reduce(sums)
+    keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+    return {f"losses/{k}": (sums[i] / sums[5]).item() for i, k in enumerate(keys)}
+
+
+def unused_parameters(agent: nn.Module, env, obs: torch.Tensor, args: Args) -> list[str]:
+    """Names of the parameters the loss gives no gradient (DDP refuses those without find_unused_parameters),
+    found by autograd on a few observations."""
+    n = min(8, obs.shape[0])
+    zeros = torch.zeros(n, device=obs.device)
+    mb = {k: zeros for k in ("logprobs", "values", "advantages", "norm_advantages", "returns", "dones")}
+    mb.update(obs=obs[:n], actions=zeros.long(), state=agent.initial_state(n, obs.device))
+    mb.update({k: v[:n] for k, v in rollout_extras(env, args).items()})
+    loss, _ = compute_loss(agent, mb, args, schedules_at(args, 0.0))
+    names, params = zip(*agent.named_parameters(), strict=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [name for name, g in zip(names, grads, strict=True) if g is None]
+
+
+def explained_variance(b: dict) -> torch.Tensor:
+    var_y = b["returns"].var()
+    return 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=var_y.device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the ranks agree on: CPU shares, sizes, the run directory, checkpoints, weights, statistics. Rank 0
+# alone touches the run directory and the others receive its verdict. Every collective gets tensors on the
+# training device (one backend, NCCL on GPUs, which takes nothing else); object collectives move their bytes
+# there themselves.
+# ---------------------------------------------------------------------------------------------------
+AUTO_MIN_UPDATES = 100  # --num-envs 0 picks no more envs than leave this many updates
+FEW_UPDATES = 10  # a run with fewer updates than this cannot learn much: the start-up warns
+
+
+def cpu_share(allowed: list[int], local_rank: int, local_world: int) -> list[int]:
+    """This local rank's CPUs: an equal, disjoint, contiguous slice of those the launcher allows (one CPU,
+    shared round-robin, when there are fewer CPUs than local ranks)."""
+    if len(allowed) < local_world:
+        return [allowed[local_rank % len(allowed)]]
+    per = len(allowed) // local_world
+    return allowed[local_rank * per : (local_rank + 1) * per]
+
+
+def allowed_cpus() -> list[int]:
+    """The CPUs the launcher lets this process use."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def pin_to_share(pin: bool, local_rank: int, local_world: int) -> list[int]:
+    """Pin this thread, and the torch threads it starts from now on, to its local rank's share of the allowed CPUs
+    (if `pin`); returns the CPUs it runs on. Called after init_process_group: gloo's threads, started there, keep
+    every allowed CPU. Pinned beside the rank's own thread they made an all-reduce of the Snake model's gradient
+    8x slower on a 2-vCPU VM (median 3.4 ms, against 0.4 ms with this thread alone pinned and 0.5 ms unpinned)."""
+    allowed = allowed_cpus()
+    cpus = cpu_share(allowed, local_rank, local_world) if pin and hasattr(os, "sched_setaffinity") else allowed
+    if cpus != allowed:
+        os.sched_setaffinity(0, cpus)  # pid 0: the calling thread alone (Linux); threads it starts inherit it
+    return cpus
+
+
+def device_num_envs(device: torch.device, local_world: int) -> int:
+    """How many envs this rank's hardware holds. Stepped on the CPU (Env.steps_on == "cpu"): one per CPU of the
+    rank's share of its node. Stepped on the device: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
+    if Env.steps_on == "cpu":
+        return max(1, len(allowed_cpus()) // local_world)
+    if device.type == "cuda":
+        gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return int(min(65536, 4096 * max(1, int(gib))))
+    return 256 * torch.get_num_threads()
+
+
+def auto_num_envs(cap: int, args: Args, world_size: int) -> int:
+    """--num-envs 0: the largest power of two <= cap that leaves at least AUTO_MIN_UPDATES updates (>= 1)."""
+    fit = args.total_timesteps // (args.num_steps * world_size * AUTO_MIN_UPDATES)
+    return 1 << (max(1, min(cap, fit)).bit_length() - 1)
+
+
+def agree_num_envs(args: Args, device: torch.device, world_size: int, local_world: int) -> int:
+    """--num-envs, or for 0 the auto choice for the smallest device (or node) of all ranks: a collective every
+    rank reaches, so all get the same batch sizes, update count and env ids whatever their own hardware."""
+    cap = torch.tensor([device_num_envs(device, local_world)], device=device)
+    dist.all_reduce(cap, op=dist.ReduceOp.MIN)
+    return args.num_envs or auto_num_envs(int(cap.item()), args, world_size)
+
+
+def agree_run_name(args: Args, device: torch.device) -> str:
+    """--run-name, or <exp_name>__<loss>__<seed>__<id>: torchrun's run id (the same after a restart, so a
+    restarted group finds its checkpoints), else rank 0's clock, broadcast."""
+    if args.run_name:
+        return args.run_name
+    stamp = torch.tensor([int(time.time())], device=device)
+    dist.broadcast(stamp, 0)
+    launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return f"{args.exp_name}__{args.loss}__{args.seed}__{launch[:8] if launch != 'none' else stamp.item()}"
+
+
+def gather_to_rank0(obj, rank: int, world_size: int) -> list | None:
+    """Every rank's `obj`, as a list indexed by rank, on rank 0 alone (None elsewhere)."""
+    everyone = [None] * world_size if rank == 0 else None
+    dist.gather_object(obj, everyone, dst=0)
+    return everyone
+
+
+def gather_stats(stats: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Every rank's value of each named scalar, by name (one all_gather, one host copy)."""
+    mine = torch.stack([v.float().reshape(()) for v in stats.values()])
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    return dict(zip(stats, torch.stack(everyone, 1).tolist(), strict=True))
+
+
+def check_identical(agent: nn.Module, when: str) -> None:
+    """All ranks hold bit-identical weights: rank 0's raw bytes are broadcast and compared exactly (a float
+    checksum would depend on each rank's thread count). Names the ranks that differ."""
+    raw = torch.cat([p.detach().reshape(-1).view(torch.uint8) for p in agent.parameters()])
+    ref = raw.clone()
+    dist.broadcast(ref, 0)
+    differ = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=raw.device)
+    differ[dist.get_rank()] = int(not torch.equal(raw, ref))
+    dist.all_reduce(differ)
+    if differ.any():
+        ranks = differ.nonzero().flatten().tolist()
+        raise RuntimeError(f"parameters differ across ranks {when}: rank(s) {ranks} differ from rank 0")
+
+
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once the device has done its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints: rank 0 writes one file holding the shared state and every rank's own part
+# ---------------------------------------------------------------------------------------------------
+MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
+PER_RANK = ("env", "rng", "next_obs", "next_done", "next_state")  # a checkpoint holds these as lists by rank
+SHARED = ("optimizers", "update", "global_step", "minibatch_rng", *MODEL_KEYS)  # and these once
+CHECKPOINT_KEYS = (*SHARED, *PER_RANK)
+# Args that may differ when a run is resumed; every other field must equal the checkpoint's.
+RESUME_MAY_CHANGE = (
+    "exp_name run_name torch_deterministic cuda track wandb_project_name find_unused hack static_graph pin_cpus "
+    "dist_timeout checkpoint_interval eval_interval eval_episodes eval_mode resume precision compile "
+    "print_interval bench_env eval_checkpoint eval_json baseline render render_fps"
+).split()
+
+
+def checkpoint_state(agent, optimizers, env, minibatch_gen, loop: dict, meta: dict, device) -> tuple[dict, dict]:
+    """(shared, this rank's part): everything every rank needs to continue exactly. restore_state reads it."""
+    shared = {
+        "model": agent.state_dict(),
+        "optimizers": [o.state_dict() for o in optimizers],
+        "update": loop["update"],
+        "global_step": loop["global_step"],
+        "minibatch_rng": minibatch_gen.get_state(),
+        **meta,
+    }
+    mine = {"env": env.state_dict(), "rng": rng_state(device), "next_obs": loop["next_obs"]}
+    return shared, {**mine, "next_done": loop["next_done"], "next_state": loop["next_state"]}
+
+
+def restore_state(state: dict, agent, optimizers, env, minibatch_gen, loop: dict, device) -> None:
+    """The inverse of checkpoint_state, key for key; envs whose state was not saved (None) keep their fresh episodes."""
+    agent.load_state_dict(state["model"])
+    for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+        opt.load_state_dict(opt_state)
+    loop.update(update=state["update"], global_step=state["global_step"])
+    minibatch_gen.set_state(state["minibatch_rng"])
+    set_rng_state(state["rng"], device)
+    if state["env"] is not None:
+        env.load_state_dict(state["env"])
+        loop.update(next_obs=state["next_obs"].to(device), next_done=state["next_done"].to(device))
+        loop["next_state"] = None if state["next_state"] is None else state["next_state"].to(device)
+
+
+def rng_state(device: torch.device) -> dict:
+    """This rank's random state: CPU generators and, on a GPU, its own device's (not every visible GPU's)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
+    """Rank 0 writes the shared state and every rank's own part (gathered to rank 0 alone) as one file,
+    atomically; key k of PER_RANK becomes a list indexed by rank. A failed write stops every rank alike."""
+    everyone, error = gather_to_rank0(to_cpu(per_rank), rank, world_size), [None]
+    if rank == 0:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save({**shared, **{k: [r[k] for r in everyone] for k in PER_RANK}}, path)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            error[0] = f"cannot write checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}"
+    dist.broadcast_object_list(error, src=0)  # every rank stops alike; the earlier checkpoints stay loadable
+    if error[0]:
+        raise StopEveryRank(error[0])
+
+
+def restore_checkpoint(run_dir: Path, args: Args, rank: int, world_size: int) -> dict | None:
+    """What this rank resumes from: None for a fresh run, else the shared state and this rank's own part.
+    Rank 0 alone reads the run directory and decides; the others receive its verdict (the same error on every
+    rank) and their part, so no rank acts on its own disk."""
+    verdict, parts = [None], None
+    if rank == 0:
+        verdict[0], parts = read_run_dir(run_dir, args, world_size)
+    dist.broadcast_object_list(verdict, src=0)
+    if isinstance(verdict[0], str):
+        raise ArgError(verdict[0])
+    if verdict[0] is None:
+        return None
+    mine = [None]
+    dist.scatter_object_list(mine, parts, src=0)
+    return {**verdict[0], **mine[0]}
+
+
+def read_run_dir(run_dir: Path, args: Args, world_size: int) -> tuple[dict | str | None, list | None]:
+    """Rank 0's half of restore_checkpoint: (shared state, parts by rank), (error, None) or (None, None) = fresh.
+    A run already there is continued only with --resume or after a torchrun restart, from its newest usable
+    checkpoint, and only with the same world size and every Args field outside RESUME_MAY_CHANGE."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
+    if not (args.resume or restarted):
+        if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
+            return f"{run_dir} already holds a run: continue it with --resume, or choose another --run-name", None
+        return None, None
+    found = load_latest_checkpoint(run_dir)
+    if found is None:
+        return (f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}" if args.resume else None), None
+    path, ckpt = found
+    saved, now = {**ckpt["args"], "world_size": ckpt["world_size"]}, {**asdict(args), "world_size": world_size}
+    for k in now:
+        if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k]:
+            return f"{path} was written with {k}={saved.get(k)}; resume with the same value", None
+    shared = {k: v for k, v in ckpt.items() if k not in PER_RANK}
+    return {**shared, "path": str(path)}, [{k: ckpt[k][r] for k in PER_RANK} for r in range(world_size)]
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
+    """Load a checkpoint, or fail with one line that names the file: unreadable, or lacking one of `keys`."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ArgError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, dict) else ["everything: not a dict"]
+    if missing:
+        raise ArgError(f"cannot load checkpoint {path}: it lacks {', '.join(missing)}")
+    return ckpt
+
+
+def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
+    for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
+        try:
+            return path, load_checkpoint(path, CHECKPOINT_KEYS)
+        except ArgError as e:
+            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+    return None
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash or a failed write never leaves a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_file():  # the write failed (disk full) or was interrupted (SIGTERM)
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def to_cpu(x):
+    """A copy of nested dicts of tensors with every tensor on the CPU."""
+    if isinstance(x, dict):
+        return {k: to_cpu(v) for k, v in x.items()}
+    return x.cpu() if torch.is_tensor(x) else x
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: episodes in envs of their own, in-process (rank 0) or in a separate process
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def evaluate(
+    policy, args: Args, device, episodes: int, seed: int, render_to=None, frames=None, time_limit: float = math.inf
+) -> dict[str, float]:
+    """One episode (game) in each of `episodes` envs played together; `policy(env, obs)` returns actions. The mean
+    of each episode metric over the episodes that ended within `time_limit` seconds ({} if none did); `render_to(text)`
+    shows env 0 frame by frame (and ends the play with its episode); `frames` (a list) receives env 0's images until
+    its episode ends, at most MAX_VIDEO_FRAMES."""
+    deadline = time.monotonic() + time_limit
+    env = Env(episodes, device, seed, 0, args)
+    obs, finished, timed_out = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device), False
+    totals = {k: torch.zeros(episodes, device=device) for k in EPISODE_METRICS}
+    if frames is not None:
+        frames.append(draw(env, 0))
+    for _ in range(env.max_episode_steps):
+        obs, _, done, info = env.step(policy(env, obs))
+        if render_to:
+            render_to(render(env, 0))
+        if frames is not None and not finished[0] and len(frames) < MAX_VIDEO_FRAMES:
+            frames.append(draw(env, 0))  # a host copy per step: evaluation only, and only when asked
+        ended = info.get("game_over", done)
+        for k, v in totals.items():
+            v.copy_(torch.where(ended & ~finished, info[k].float(), v))
+        finished |= ended
+        timed_out = time.monotonic() > deadline
+        if finished.all() or (render_to and finished[0]) or timed_out:
+            break
+    n = int(finished.sum())
+    if n < episodes and not render_to:
+        why = f"stopped at its time limit ({time_limit:.0f} s)" if timed_out else f"ran {env.max_episode_steps} steps"
+        print(f"warning: the evaluation {why}: {n} of {episodes} episodes ended", file=sys.stderr)
+    return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()} if n else {}
+
+
+MAX_VIDEO_FRAMES = 1000  # a GIF holds at most this many steps of an episode
+
+
+def save_gif(frames: list, path: Path, fps: float = 15.0) -> None:
+    """Frames (uint8 [H, W, 3]) as an animated GIF, scaled up by a whole factor to at least 240 pixels across;
+    written atomically. Pillow is imported here only."""
+    from PIL import Image
+
+    scale = max(1, -(-240 // frames[0].shape[1]))
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
+    os.replace(tmp, path)
+
+
+def greedy(agent: nn.Module):
+    """policy(env, obs) of the agent's greedy actions, its memory (if any) carried from step to step. evaluate
+    counts each env's first episode only, so the memory never needs resetting."""
+    memory = {}
+
+    def policy(env, obs: torch.Tensor) -> torch.Tensor:
+        state = memory["state"] if memory else agent.initial_state(env.num_envs, obs.device)
+        done = torch.zeros(env.num_envs, device=obs.device)
+        action, *_, memory["state"] = agent(obs, state, done, greedy=True)
+        return action
+
+    return policy
+
+
+def play(args: Args) -> int:
+    """--eval-checkpoint (the policy rebuilt from the file alone, in one process) or --baseline NAME."""
+    if args.baseline:
+        train_args, name, policy = args, args.baseline, BASELINES[args.baseline](torch.Generator().manual_seed(1))
+    else:
+        ckpt = load_checkpoint(Path(args.eval_checkpoint))
+        train_args, name = Args(**ckpt["args"]), "greedy"
+        agent = Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], train_args)
+        agent.load_state_dict(ckpt["model"])
+        policy = greedy(agent.eval())
+
+    def show(frame: str) -> None:
+        print("\033[H\033[J" + frame, flush=True)
+        time.sleep(1.0 / args.render_fps)
+
+    episodes, frames, device = 1 if args.render else args.eval_episodes, [] if args.capture_video else None, "cpu"
+    stats = evaluate(policy, train_args, device, episodes, args.seed + 1_000_003, show if args.render else None, frames)
+    if frames:  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
+        video = Path(args.eval_json or args.eval_checkpoint or f"baseline_{name}").with_suffix(".gif")
+        save_gif(frames, video)
+        print(f"video: {video}")
+    (first, *rest), words = EPISODE_METRICS, lambda k: f"{k.replace('_', ' ')}"
+    others = ", ".join(f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest)  # the first metric is the headline
+    print(f"{episodes} {name} episodes: {words(first)} per episode {stats['eval/' + first]:.2f} ({others})")
+    if args.eval_json:  # an async evaluation: rank 0 reads this file once this process has ended
+        fault = os.environ.get("PPO_DDP_FAULT", "")  # test seam: eval-crash, eval-hang
+        if fault == "eval-crash":
+            raise RuntimeError("injected fault in the evaluation process")
+        if fault == "eval-hang":
+            time.sleep(3600)
+        atomic_write_text(Path(args.eval_json), json.dumps(stats))
+    return 0
+
+
+def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, loop: dict, args: Args) -> dict:
+    """Snapshot the policy and evaluate it in a separate process (its output goes to a .log in run_dir/eval/);
+    collect_async_evals reads its JSON once the process has ended."""
+    eval_dir = run_dir / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = eval_dir / f"policy_{loop['update']:08d}.pt"
+    atomic_save({"model": agent.state_dict(), **meta}, snapshot)
+    out = eval_dir / f"update_{loop['update']:08d}_step_{loop['global_step']}.json"
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("TORCHELASTIC")}
+    flags = [f"--eval-checkpoint={snapshot}", f"--eval-json={out}", f"--eval-episodes={args.eval_episodes}"]
+    flags += ["--capture-video"] if args.capture_video else []
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:  # the child keeps its own handle
+        cmd = [sys.executable, os.path.abspath(__file__), *flags, f"--seed={args.seed}"]
+        proc = subprocess.Popen(cmd, env={**env, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT)
+    video = run_dir / "videos" / f"update_{loop['update']:08d}.gif"
+    return {"proc": proc, "json": out, "log": log, "step": loop["global_step"], "video": video}
+
+
+def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[str, float]:
+    """Results of the separate evaluations that have ended, oldest first: into TensorBoard at their own step,
+    and the newest returned for this update's progress.csv row. With wait > 0 (the last update) those still
+    running get `wait` seconds in all, then are killed. A failed, killed or unreadable one is reported on
+    stderr and dropped: an evaluation never takes the training down."""
+    deadline, latest = time.monotonic() + wait, {}
+    for ev in list(evals):
+        if wait:
+            try:
+                ev["proc"].wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                ev["proc"].kill()
+                ev["proc"].wait()
+        if ev["proc"].poll() is None:
+            continue
+        evals.remove(ev)
+        try:
+            if ev["proc"].returncode != 0:
+                raise RuntimeError(f"exit code {ev['proc'].returncode}")
+            stats = json.loads(ev["json"].read_text())
+        except (OSError, ValueError, RuntimeError) as e:
+            print(f"warning: the evaluation at step {ev['step']} failed ({e}); see {ev['log']}", file=sys.stderr)
+            continue
+        for k, v in stats.items():
+            writer.add_scalar(k, v, ev["step"])
+        if ev["json"].with_suffix(".gif").exists():  # --capture-video: into videos/ with the others
+            ev["video"].parent.mkdir(exist_ok=True)
+            os.replace(ev["json"].with_suffix(".gif"), ev["video"])
+        latest = stats
+    return latest
+
+
+def bench_env(env, steps: int) -> float:
+    """Env-steps per second with random actions (drawn up front, so only the environment is timed)."""
+    gen = torch.Generator(env.device).manual_seed(0)
+    actions = torch.randint(0, env.n_actions, (16, env.num_envs), device=env.device, generator=gen)
+    clock(env.device)
+    for t in range(10):  # warm-up
+        env.step(actions[t % 16])
+    start = clock(env.device)
+    for t in range(steps):
+        env.step(actions[t % 16])
+    return env.num_envs * steps / (clock(env.device) - start)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Logging on rank 0: TensorBoard, progress.csv (and wandb with --track), the console table
+# ---------------------------------------------------------------------------------------------------
+def metric_names(args: Args) -> list[str]:
+    """The columns of progress.csv after update and global_step, from the tables at the top of the file."""
+    charts = ["charts/SPS", "charts/learning_rate", "charts/episodes", *EPISODE_METRICS.values()]
+    losses = [f"losses/{k}" for k in "policy_loss value_loss entropy approx_kl clipfrac explained_variance".split()]
+    schedules = [f"schedule/{k}" for k in schedules_at(args, 0.0)]
+    return [*charts, *losses, "time/rollout_s", "time/update_s", *schedules, *(f"eval/{k}" for k in EPISODE_METRICS)]
+
+
+def open_progress(path: Path, fields: list[str], last_update: int):
+    """progress.csv for appending, holding exactly the rows of updates 1..last_update (a resumed run
+    drops rows written after its checkpoint, so no row is duplicated)."""
+    rows = []
+    if last_update > 0 and path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["update"]) <= last_update]
+    f = open(path, "w", newline="")  # noqa: SIM115  (kept open for the whole run)
+    writer = csv.DictWriter(f, fieldnames=["update", "global_step", *fields])
+    writer.writeheader()
+    writer.writerows(rows)
+    f.flush()
+    return f, writer
+
+
+class RunLog:
+    """Rank 0's outputs in runs/<run_name>/: config.json, TensorBoard, progress.csv, the console table and, with
+    --track, wandb. Used with `with`: every exit path closes the files and finishes the wandb run with its exit
+    code."""
+
+    def __init__(self, run_dir: Path, config: dict, args: Args, last_update: int, start_step: int):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.wandb, self.args, self.last_print, self.shown = None, args, 0.0, {}
+        self.started, self.start_step = time.time(), start_step  # this session's pace gives the time left
+        if args.track:  # imported only when asked for; before SummaryWriter, whose scalars it mirrors
+            import wandb
+
+            self.wandb = wandb.init(
+                project=args.wandb_project_name, name=args.run_name, config=config, sync_tensorboard=True
+            )
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+        self.writer = SummaryWriter(str(run_dir))
+        self.writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        )
+        self.csv_file, self.csv = open_progress(run_dir / "progress.csv", metric_names(args), last_update)
+
+    def write(self, row: dict, per_rank_sps: list[float], last: bool) -> None:
+        """One update's row: every `group/name` value into TensorBoard, the whole row into progress.csv, and
+        every print_interval seconds (and at the end) the console table."""
+        for k, v in row.items():
+            if "/" in k:
+                self.writer.add_scalar(k, v, row["global_step"])
+        self.csv.writerow(row)
+        self.csv_file.flush()
+        self.shown.update(row)  # the table shows each metric's last known value
+        if last or time.time() - self.last_print > self.args.print_interval:
+            self.print_status(per_rank_sps)
+            self.last_print = time.time()
+
+    def print_status(self, per_rank_sps: list[float]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        r, total = self.shown, self.args.total_timesteps
+        elapsed = time.time() - self.started
+        left = elapsed * (total - r["global_step"]) / max(r["global_step"] - self.start_step, 1)
+        table = Table(title=f"update {r['update']}", show_header=False)
+        table.add_row("steps", f"{r['global_step']:,} / {total:,} ({100 * r['global_step'] / total:.1f}%)")
+        table.add_row("time elapsed / left", f"{elapsed / 60:.1f} min / {left / 60:.1f} min")
+        table.add_row(
+            "SPS (global / per rank)", f"{r['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
+        )
+        for tag in EPISODE_METRICS.values():
+            table.add_row(tag, f"{r[tag]:.2f}" if tag in r else "no episode has ended yet")
+        table.add_row(
+            "losses policy / value / entropy",
+            " / ".join(f"{r['losses/' + k]:.4f}" for k in ("policy_loss", "value_loss", "entropy")),
+        )
+        table.add_row(
+            "schedule", ", ".join(f"{k.split('/')[1]} {v:.3g}" for k, v in r.items() if k.startswith("schedule/"))
+        )
+        table.add_row("time rollout / update (s)", f"{r['time/rollout_s']:.2f} / {r['time/update_s']:.2f}")
+        Console().print(table)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's stop must not cut this short
+        try:  # (a wandb run finished twice, here and at exit, loses its data)
+            self.writer.close()
+            self.csv_file.close()
+            if self.wandb is not None:
+                self.wandb.finish(exit_code=0 if exc_type is None else 1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main: argument checks, the other modes, DDP set-up and teardown
+# ---------------------------------------------------------------------------------------------------
+def find_unused_aliases(argv: list[str]) -> list[str]:
+    """--find-unused alone means --find-unused=on and --no-find-unused means --find-unused=off: the flags of the
+    three-way --find-unused {auto,on,off}."""
+    out = []
+    for i, a in enumerate(argv):
+        alone = a == "--find-unused" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+        out.append("--find-unused=on" if alone else "--find-unused=off" if a == "--no-find-unused" else a)
+    return out
+
+
+def main() -> int:
+    args = tyro.cli(Args, args=find_unused_aliases(sys.argv[1:]))
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    use_cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if "OMP_NUM_THREADS" not in os.environ:  # torch threads: one local rank's share of the CPUs
+        torch.set_num_threads(max(1, len(allowed_cpus()) // local_world))
+    try:
+        derived_sizes(args, world_size)  # every check that needs no agreed size, before anything heavy
+        if use_cuda and local_world > torch.cuda.device_count():
+            raise ArgError(
+                f"{local_world} processes on this node but {torch.cuda.device_count()} GPU(s): one GPU per process "
+                f"(--nproc-per-node={torch.cuda.device_count()}), or --no-cuda"
+            )
+        if args.eval_checkpoint or args.baseline:
+            return play(args)
+    except ArgError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.bench_env:
+        num_envs = args.num_envs or device_num_envs(device, local_world)
+        sps = bench_env(Env(num_envs, device, args.seed, 0, args), steps=500)
+        print(f"{num_envs} envs on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
+        return 0
+
+    # -- DDP set-up: every rank reaches every collective below in the same order --
+    if use_cuda:
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=args.dist_timeout)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # torchrun's stop: unwind through `finally`
+    dist.init_process_group(
+        "nccl" if use_cuda else "gloo",
+        store=rendezvous_store(rank, world_size, timeout),
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
+        device_id=device if use_cuda else None,
+    )
+    try:  # every exit path below leaves through `finally`, which shuts the process group down
+        cpus = pin_to_share(args.pin_cpus and not use_cuda, local_rank, local_world)
+        args.num_envs = agree_num_envs(args, device, world_size, local_world)
+        sizes = derived_sizes(args, world_size)  # the same verdict on every rank: the sizes are agreed
+        code = train(args, sizes, rank, world_size, device, cpus)
+        dist.barrier()  # a successful run ends together
+        return code
+    except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FloatingPointError, StopEveryRank) as e:  # raised on every rank alike (the gradients are all-reduced)
+        print(f"error: {e}: training stopped on every rank", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: leave through `finally`, which shuts the process group down
+        print(f"rank {rank}: interrupted; destroying the process group", file=sys.stderr)
+        return 130
+    finally:
+        gc.collect()  # free DDP's reducer while the process group exists (see README)
+        dist.destroy_process_group()
+
+
+def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The key-value store the ranks meet in: torchrun's (MASTER_ADDR:MASTER_PORT), or an in-process one
+    for a plain `python` run. Its keys get a prefix per torchrun restart: after a restart the unprefixed
+    keys would still hold the dead workers' addresses, and the new group would try to connect to them."""
+    if "MASTER_ADDR" not in os.environ:
+        return dist.HashStore()
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it: all are clients
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_store,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device, cpus: list[int]) -> int:
+    args.run_name = agree_run_name(args, device)
+    run_dir = Path("runs") / args.run_name
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    # -- the envs of this rank, the agent (the same initial weights everywhere), its optimizers --
+    env = Env(args.num_envs, device, args.seed, rank * args.num_envs, args)
+    torch.manual_seed(args.seed)
+    agent = Agent(env.obs_shape, env.n_actions, args).to(device)
+    torch.manual_seed(args.seed + rank)  # action sampling differs per rank
+    optimizers = make_optimizers(agent, args)
+    minibatch_gen = torch.Generator(device).manual_seed(args.seed)  # the same permutations on every rank
+    meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
+    loop = {"update": 0, "global_step": 0, "next_obs": env.reset()}
+    loop["next_done"] = torch.zeros(args.num_envs, device=device)
+    loop["next_state"] = agent.initial_state(args.num_envs, device)  # the agent's memory (None: it has none)
+    if loop["next_state"] is not None and args.num_envs % args.num_minibatches:
+        raise ArgError(
+            f"an agent with memory trains on whole envs: --num-envs {args.num_envs} must be divisible by "
+            f"--num-minibatches {args.num_minibatches}"
+        )
+
+    # -- find_unused_parameters where the loss leaves parameters unused (auto); fail fast where DDP is not told --
+    unused = unused_parameters(agent, env, loop["next_obs"], args)
+    find_unused = bool(unused) if args.find_unused == "auto" else args.find_unused == "on"
+    if unused and not find_unused:
+        raise ArgError(
+            f"--loss {args.loss} gives no gradient to {', '.join(unused)}, which DDP refuses "
+            f"('Expected to have finished reduction in the prior iteration'); fix: --find-unused or --hack"
+        )
+
+    # -- resume: rank 0 reads the run directory; every rank gets the shared state and its own envs and RNG --
+    state = restore_checkpoint(run_dir, args, rank, world_size)
+    if state:
+        restore_state(state, agent, optimizers, env, minibatch_gen, loop, device)
+        if rank == 0:
+            print(f"resumed from {state['path']} at update {loop['update']}, global_step {loop['global_step']:,}")
+            if state["env"] is None:
+                print("the environments cannot save their state: their episodes restart (all else is restored)")
+
+    # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
+    model = DDP(
+        agent,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused,
+        static_graph=args.static_graph,
+    )
+    check_identical(agent, "after wrapping")
+    policy = torch.compile(agent) if args.compile else agent
+    if args.compile:
+        model = torch.compile(model)
+
+    placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus, "threads": torch.get_num_threads()}
+    ranks = gather_to_rank0(placement, rank, world_size)
+    log, evals = None, []  # evals: separate evaluations still running (--eval-mode async)
+    if rank == 0:
+        config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device), "ranks": ranks}
+        log = RunLog(run_dir, config, args, loop["update"], loop["global_step"])
+        print(
+            f"run {args.run_name}: loss {args.loss}, world size {world_size}, device {device}, {args.num_envs} envs "
+            f"per rank, batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
+            f"{sizes['num_updates']} updates; unused parameters: {', '.join(unused) or 'none'}, so "
+            f"find_unused_parameters={find_unused} (--find-unused {args.find_unused})"
+        )
+        if sizes["num_updates"] < FEW_UPDATES:
+            print(
+                f"warning: only {sizes['num_updates']} updates: PPO learns little in so few; raise --total-timesteps "
+                "or lower --num-envs",
+                file=sys.stderr,
+            )
+    with log or contextlib.nullcontext():  # rank 0's files are closed on every exit path
+        for update in range(loop["update"] + 1, sizes["num_updates"] + 1):
+            coef = schedules_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
+            for group in (g for opt in optimizers for g in opt.param_groups):
+                group["lr"] = coef["learning_rate"]
+            if os.environ.get("PPO_DDP_FAULT") == f"{rank}:{update}":  # test seam: fail one rank, here
+                raise RuntimeError(f"injected fault on rank {rank} at update {update}")
+
+            # -- rollout with the plain module, advantages, then the update through DDP --
+            t0 = clock(device)
+            b, next_value, ep, state0 = rollout(policy, env, loop, args)
+            loop.update(update=update, global_step=loop["global_step"] + b["rewards"].numel() * world_size)
+            b["advantages"], b["returns"] = compute_advantages(b, next_value, loop["next_done"], args)
+            b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
+            t1 = clock(device)
+            losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen, state0)
+            t2 = clock(device)
+
+            # -- statistics of all ranks, by name, in one collective; evaluation; rank 0 logs --
+            timing = {"sps": b["rewards"].numel() / (t2 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
+            stats = gather_stats(
+                {
+                    **ep,
+                    "explained_variance": explained_variance(b),
+                    **{k: torch.tensor(v, device=device) for k, v in timing.items()},
+                }
+            )
+            evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
+            eval_stats = {}
+            if rank == 0 and evaluating and args.eval_mode == "local":
+                frames, seed = [] if args.capture_video else None, args.seed + 1_000_003
+                limit = args.dist_timeout / 2  # the other ranks wait for it at their next collective
+                eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, seed, None, frames, limit)
+                if frames:
+                    save_gif(frames, run_dir / "videos" / f"update_{update:08d}.gif")
+            elif rank == 0 and evaluating:
+                evals.append(start_async_eval(agent, meta, run_dir, loop, args))
+            if rank == 0:
+                last = update == sizes["num_updates"]
+                if args.eval_mode == "async":  # the last row waits for those running, within the others' patience
+                    eval_stats = (
+                        collect_async_evals(evals, log.writer, args.dist_timeout / 2 if last else 0) or eval_stats
+                    )
+                episodes = sum(stats["episodes"])
+                row = {
+                    "update": update,
+                    "global_step": loop["global_step"],
+                    **losses,
+                    **eval_stats,
+                    **{f"schedule/{k}": v for k, v in coef.items()},
+                    **{tag: sum(stats[k]) / episodes for k, tag in EPISODE_METRICS.items() if episodes},
+                    "charts/episodes": episodes,
+                    "charts/SPS": b["rewards"].numel() * world_size / (time.perf_counter() - t0),
+                    "charts/learning_rate": coef["learning_rate"],
+                    "losses/explained_variance": sum(stats["explained_variance"]) / world_size,
+                    "time/rollout_s": max(stats["rollout_s"]),
+                    "time/update_s": max(stats["update_s"]),
+                }
+                log.write(row, stats["sps"], last)
+
+            # -- checkpoint: rank 0 writes everything every rank needs to continue exactly --
+            if args.checkpoint_interval and update % args.checkpoint_interval == 0:
+                shared, mine = checkpoint_state(agent, optimizers, env, minibatch_gen, loop, meta, device)
+                save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, mine, rank, world_size)
+
+        check_identical(agent, "at the end")
+        if rank == 0:
+            print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
+            atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")
+            print(f"done: {loop['global_step']:,} steps; final model in {run_dir / 'final_model.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
