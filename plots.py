@@ -8,6 +8,7 @@ Reads, under --results (see results/README.md for the command that made each fil
   baselines/<script>[_<setting>]_<policy>.json   `python SCRIPT --baseline POLICY --eval-episodes 1000 --eval-json ...`
   bench_ddp.json                          `torchrun ... benchmark_ddp.py --json-out ...`
   scaling_*.json                          `python bench_scaling.py [--script ppo_ddp.py] --json-out ...`
+  cleanrl_published.json                  CleanRL's published returns (its docs), beside ours in gym_returns.png
 matplotlib is a development requirement (requirements-dev.txt); the training scripts never import it.
 """
 
@@ -67,6 +68,11 @@ BASELINES = {
     "snake": {"ppo_ddp_snake_random": ":"},
     "arena": {"ppo_ddp_teacher": "--", "ppo_ddp_random": ":"},
     "memory": {"ppo_ddp_po_teacher": "--", "ppo_ddp_po_random": ":"},
+}
+GYM_RUNS = {  # ppo_ddp_gym.py, each env's seeds: results/gym_<env>_s<seed>
+    "CartPole-v1": ["gym_CartPole_s1", "gym_CartPole_s2", "gym_CartPole_s3"],
+    "Acrobot-v1": ["gym_Acrobot_s1", "gym_Acrobot_s2", "gym_Acrobot_s3"],
+    "BreakoutNoFrameskip-v4": ["gym_Breakout_s1"],
 }
 BENCH_LABELS = {
     "find_unused": "find_unused_parameters=True",
@@ -158,6 +164,38 @@ def learning_curves(
     ax.legend(fontsize=8, loc="lower right")
     caption(fig, "\n".join(lines))
     fig.tight_layout(rect=(0, 0.04 + 0.025 * len(lines), 1, 1))
+    return save(fig, out)
+
+
+def gym_chart(results: Path, out: Path, args: Args) -> Path:
+    """ppo_ddp_gym.py: each env's seeds against global steps, and CleanRL's published return (mean +- std over its
+    3 seeds) at the steps of its runs. Each command names the flags that differ from the script's defaults (its
+    golden file)."""
+    published = json.loads(need(results / "cleanrl_published.json").read_text())
+    fig, axes = plt.subplots(1, len(GYM_RUNS), figsize=(5 * len(GYM_RUNS), 4), squeeze=False)
+    lines = []
+    for ax, (env_id, runs) in zip(axes[0], GYM_RUNS.items(), strict=True):
+        for name in runs:
+            xs, ys = episode_curve(read_progress(results / name), "charts/episodic_return", args.window)
+            if not ys:
+                raise ResultError(f"{results / name}/progress.csv: no charts/episodic_return in any update")
+            config = json.loads(need(results / name / "config.json").read_text())
+            ax.plot([x / 1e6 for x in xs], ys, lw=1.3, label=f"ours, seed {config['seed']}")
+        ref = json.loads(need(results / runs[0] / "config.json").read_text())
+        launch = f"torchrun --standalone --nproc-per-node={ref['world_size']} ppo_ddp_gym.py"
+        defaults = {**json.loads((ROOT / "tests/golden/ppo_ddp_gym.json").read_text()), "seed": ref["seed"]}
+        seeds = f" --seed 1..{len(runs)}" if len(runs) > 1 else ""
+        lines.append(f"{env_id}: {launch} {flags(ref, defaults)}{seeds}")
+        for script, (mean, std) in ((k, v) for k, v in published[env_id].items() if k.endswith(".py")):
+            steps = published[env_id]["steps"] / 1e6
+            ax.errorbar([steps], [mean], yerr=[std], fmt="o", capsize=4, label=f"CleanRL {script} ({mean:.1f})")
+        ax.set_title(env_id, fontsize=10)
+        ax.set_xlabel("environment steps (millions, all ranks)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel(f"episodic return ({args.window}-update moving average)")
+    caption(fig, "\n".join(lines))
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * len(lines), 1, 1))
     return save(fig, out)
 
 
@@ -259,6 +297,7 @@ def main() -> int:
                 reference="arena_default",
                 style=MEMORY_STYLE,
             ),
+            gym_chart(results, out / "gym_returns.png", args),
             benchmark_chart(results, out / "benchmark_ddp.png"),
             scaling_chart(results, out / "scaling.png"),
         ]

@@ -13,6 +13,7 @@ wrapper. Vector observations get CleanRL ppo.py's MLP, Atari CleanRL's preproces
 import contextlib
 import csv
 import gc
+import importlib
 import json
 import math
 import os
@@ -196,16 +197,22 @@ RESTORABLE = ("gymnasium.envs.classic_control.",)
 
 
 def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The registered spec of env_id (ale-py registers the Atari ids when first needed), or ArgError."""
+    """The registered spec of env_id, or ArgError. MODULE:ID imports MODULE first (your own envs register there,
+    as with gym.make); ale-py registers the Atari ids when first needed."""
+    module, _, name = env_id.rpartition(":")
     try:
-        return gym.spec(env_id)
+        if module:
+            importlib.import_module(module)
+        return gym.spec(name)
     except gym.error.Error:
         import ale_py  # the Atari ids; its ROMs ship in the wheel
 
         gym.register_envs(ale_py)
+    except ImportError as e:
+        raise ArgError(f"--env-id {env_id}: {e}") from None
     try:
-        return gym.spec(env_id)
-    except (gym.error.Error, ImportError) as e:
+        return gym.spec(name)
+    except gym.error.Error as e:
         raise ArgError(f"--env-id {env_id}: {str(e).splitlines()[0]}") from None
 
 
@@ -1001,7 +1008,7 @@ def evaluate(
             break
     n = int(finished.sum())
     if n < episodes and not render_to:
-        why = f"stopped at its time limit ({time_limit:.0f} s)" if timed_out else f"ran {env.max_episode_steps} steps"
+        why = f"stopped at its time limit ({time_limit:g} s)" if timed_out else f"ran {env.max_episode_steps} steps"
         print(f"warning: the evaluation {why}: {n} of {episodes} episodes ended", file=sys.stderr)
     return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()} if n else {}
 

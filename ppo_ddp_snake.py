@@ -978,7 +978,7 @@ def evaluate(
             break
     n = int(finished.sum())
     if n < episodes and not render_to:
-        why = f"stopped at its time limit ({time_limit:.0f} s)" if timed_out else f"ran {env.max_episode_steps} steps"
+        why = f"stopped at its time limit ({time_limit:g} s)" if timed_out else f"ran {env.max_episode_steps} steps"
         print(f"warning: the evaluation {why}: {n} of {episodes} episodes ended", file=sys.stderr)
     return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()} if n else {}
 

@@ -1,0 +1,189 @@
+"""ppo_ddp_gym.py: Gymnasium's autoreset at an episode's boundary, Atari's lives and games, evaluation within its
+time limit, --num-envs 0 by CPU cores, a resume of envs that cannot save their state, Atari on 2 ranks, bad ids.
+(DDP equals one process and the exact resume run for CartPole in test_distributed.py.)"""
+
+import shutil
+
+import gymnasium as gym
+import numpy as np
+import torch
+from helpers import ROOT, explain, gif_frames, progress, python, torchrun
+
+import ppo_ddp_gym as gp
+import ppo_ddp_snake as snake
+
+TESTS = str(ROOT / "tests")  # thirdparty_env.py, a user's own module
+SMALL = ["--num-steps=32", "--num-minibatches=2", "--print-interval=0", "--dist-timeout=60"]
+
+
+def random_agent(env: gp.GymEnv, seed: int = 0) -> gp.Agent:
+    torch.manual_seed(seed)
+    return gp.Agent(env.obs_shape, env.n_actions, gp.Args())
+
+
+def test_autoreset_never_mixes_two_episodes():
+    """A rollout through the machinery, replayed on plain Gymnasium envs of the same seeds: every transition in
+    the batch is one of the replay's, across ~20 episode ends. The step that ends an episode keeps its own reward
+    and the next obs is the next episode's first (Gymnasium's default autoreset would instead insert a step whose
+    action is ignored and whose reward is 0, joining two episodes)."""
+    args = gp.Args(num_steps=200)
+    env = gp.GymEnv(2, "cpu", 5, 0, args)
+    loop = {"next_obs": env.reset(), "next_done": torch.zeros(2), "next_state": None}
+    b, *_ = gp.rollout(random_agent(env), env, loop, args)
+    refs = [gym.make("CartPole-v1") for _ in range(2)]
+    obs = [r.reset(seed=s)[0] for r, s in zip(refs, env.seeds, strict=True)]
+    ends = 0
+    for t in range(args.num_steps):
+        np.testing.assert_array_equal(b["obs"][t].numpy(), np.stack(obs), err_msg=f"step {t}")
+        for i, ref in enumerate(refs):
+            obs[i], reward, terminated, truncated, _ = ref.step(int(b["actions"][t, i]))
+            assert b["rewards"][t, i] == reward, (t, i)
+            done = terminated or truncated
+            assert (b["dones"][t + 1, i] if t + 1 < args.num_steps else loop["next_done"][i]) == done, (t, i)
+            if done:
+                obs[i], _ = ref.reset()
+                ends += 1
+    assert ends >= 15
+
+
+def test_a_lost_life_ends_the_value_target_but_only_a_game_counts():
+    """Breakout with a random policy through the machinery's rollout: every lost life is a done (the value target
+    ends there), a game ends after exactly 5 of them, and the episode statistics count games, with the game's
+    own score (at least its clipped rewards) and its length in frames."""
+    args = gp.Args(env_id="BreakoutNoFrameskip-v4", num_steps=600)
+    env = gp.GymEnv(2, "cpu", 3, 0, args)
+    seen, step = [], env.step
+    env.step = lambda a: seen.append(step(a)) or seen[-1]
+    loop = {"next_obs": env.reset(), "next_done": torch.zeros(2), "next_state": None}
+    b, _, ep, _ = gp.rollout(random_agent(env), env, loop, args)
+    done = torch.stack([s[2] for s in seen[: args.num_steps]])
+    over = torch.stack([s[3]["game_over"] for s in seen[: args.num_steps]])
+    assert torch.equal(b["dones"][1:].bool(), done[:-1])  # the value target ends at each lost life
+    games = int(over.sum())
+    assert games >= 2 and int(ep["episodes"]) == games < int(done.sum())
+    returns = torch.stack([s[3]["episode_return"] for s in seen[: args.num_steps]])
+    lengths = torch.stack([s[3]["episode_length"] for s in seen[: args.num_steps]])
+    assert float(ep["episode_return"]) == float(returns[over].sum())
+    assert float(ep["episode_length"]) == float(lengths[over].sum())
+    for i in range(2):
+        ends = over[:, i].nonzero().flatten().tolist()
+        for start, end in zip([-1, *ends], ends, strict=False):
+            assert int(done[start + 1 : end + 1, i].sum()) == 5, (i, start, end)  # Breakout's 5 lives
+            assert returns[end, i] >= b["rewards"][start + 1 : end + 1, i].sum()  # raw score >= clipped
+            assert lengths[end, i] >= 4 * (end - start)  # frames: 4 per step, more at a reset
+
+
+def test_evaluation_stops_at_its_time_limit(capsys):
+    """Long games (an Atari game can run 27,000 steps) end a local evaluation at its time limit, half of
+    --dist-timeout, so the ranks waiting for rank 0 never reach theirs: nothing is reported for games unfinished
+    (random Pong games take seconds), and a warning says why. Without a limit all the episodes are counted."""
+    policy = lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,))  # noqa: E731
+    args = gp.Args(env_id="PongNoFrameskip-v4")
+    assert gp.evaluate(policy, args, "cpu", 2, 7, time_limit=0.2) == {}
+    assert "the evaluation stopped at its time limit (0.2 s): 0 of 2 episodes ended" in capsys.readouterr().err
+    stats = gp.evaluate(policy, gp.Args(), "cpu", 3, 7)
+    assert set(stats) == {"eval/episode_return", "eval/episode_length"} and stats["eval/episode_return"] > 5
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_num_envs_0_counts_the_cpu_cores_for_envs_stepped_on_the_cpu(monkeypatch):
+    """--num-envs 0: Gymnasium envs step on the CPU, one per core of a local rank's share (12 cores, 4 local
+    ranks: 3, then the power of two below: 2); Snake's boards fill the device (256 per CPU thread)."""
+    for mod in (gp, snake):
+        monkeypatch.setattr(mod, "allowed_cpus", lambda: list(range(12)))
+    cpu = torch.device("cpu")
+    assert (gp.device_num_envs(cpu, 4), gp.device_num_envs(cpu, 16)) == (3, 1)
+    assert gp.auto_num_envs(gp.device_num_envs(cpu, 4), gp.Args(total_timesteps=10**8), 4) == 2
+    assert snake.device_num_envs(cpu, 4) == 256 * torch.get_num_threads()
+
+
+def test_async_vector_envs_step_and_save_like_sync_ones():
+    """--vector-mode async (a subprocess per env) gives the same episodes as sync, and its state saves and
+    restores through the subprocesses."""
+    envs = [gp.GymEnv(2, "cpu", 1, 0, gp.Args(vector_mode=mode)) for mode in ("sync", "async")]
+    outs = [[e.reset()] for e in envs]
+    actions = torch.randint(0, 2, (60, 2), generator=torch.Generator().manual_seed(0))
+    for a in actions[:30]:
+        for e, out in zip(envs, outs, strict=True):
+            out.append(e.step(a)[0])
+    saved = envs[1].state_dict()
+    for a in actions[30:]:
+        for e, out in zip(envs, outs, strict=True):
+            out.append(e.step(a)[0])
+    assert all(torch.equal(x, y) for x, y in zip(*outs, strict=True))
+    envs[1].load_state_dict(saved)
+    again = [envs[1].step(a)[0] for a in actions[30:]]
+    assert all(torch.equal(x, y) for x, y in zip(again, outs[1][31:], strict=True))
+    envs[1].vec.close()
+
+
+def test_atari_trains_on_two_ranks(tmp_path):
+    """Breakout on 2 ranks: the Nature CNN trains, games are counted, rank 0 evaluates and writes a GIF from the
+    game's own frames, the checkpoints record that the envs' state is not in them, and the final model plays in
+    the terminal (--render) from the same frames."""
+    args = [*SMALL, "--env-id=BreakoutNoFrameskip-v4", "--num-envs=2", "--num-steps=128", "--total-timesteps=1024"]
+    flags = ["--eval-interval=2", "--eval-episodes=1", "--checkpoint-interval=1", "--capture-video", "--run-name=a"]
+    p = torchrun("ppo_ddp_gym.py", *args, *flags, cwd=tmp_path, timeout=240)
+    assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
+    run_dir = tmp_path / "runs/a"
+    rows = progress(run_dir)
+    assert sum(float(r["charts/episodes"]) for r in rows) >= 1, rows
+    assert float(rows[-1]["eval/episode_length"]) > 100 and rows[-1]["eval/episode_return"] != "", rows[-1]
+    assert gif_frames(run_dir / "videos/update_00000002.gif") > 50
+    ckpt = torch.load(run_dir / "checkpoints/update_00000002.pt", weights_only=False)
+    assert ckpt["env"] == [None, None] and ckpt["model"]["trunk.0.weight"].shape == (32, 4, 8, 8)
+    final = str(run_dir / "final_model.pt")
+    p = python("ppo_ddp_gym.py", "--eval-checkpoint", final, "--render", "--render-fps=100000", timeout=120)
+    assert p.returncode == 0 and "1 greedy episodes: episode return per episode" in p.stdout, explain(p)
+    assert p.stdout.count("\033[H\033[J") > 50 and "\033[38;2;" in p.stdout
+
+
+def test_a_resume_restarts_the_episodes_of_envs_that_cannot_save_them(tmp_path):
+    """A third-party env (not in RESTORABLE): its checkpoints hold no env state, and a run resumed from one says so
+    once and restarts its episodes, with everything else restored exactly: the resumed run's next checkpoint holds
+    the uninterrupted run's counters, optimizer step count, minibatch and sampling RNG (the weights differ: other
+    episodes)."""
+    args = [*SMALL, "--env-id=thirdparty_env:Balance-v0", "--num-envs=4", "--total-timesteps=768"]
+    args += ["--checkpoint-interval=1", "--eval-interval=0"]
+    p = torchrun("ppo_ddp_gym.py", *args, "--run-name=full", cwd=tmp_path, timeout=180, PYTHONPATH=TESTS)
+    assert p.returncode == 0, explain(p)
+    full, cut = tmp_path / "runs/full", tmp_path / "runs/cut"
+    shutil.copytree(full, cut)
+    (cut / "checkpoints/update_00000003.pt").unlink()
+    (cut / "final_model.pt").unlink()
+    p = torchrun("ppo_ddp_gym.py", *args, "--run-name=cut", "--resume", cwd=tmp_path, timeout=180, PYTHONPATH=TESTS)
+    assert p.returncode == 0, explain(p)
+    assert "resumed from runs/cut/checkpoints/update_00000002.pt at update 2" in p.stdout
+    assert p.stdout.count("the environments cannot save their state: their episodes restart") == 1, explain(p)
+    assert [r["update"] for r in progress(cut)] == ["1", "2", "3"]
+    a, b = (torch.load(d / "checkpoints/update_00000003.pt", weights_only=False) for d in (full, cut))
+    assert a["env"] == b["env"] == [None, None]
+    assert (a["update"], a["global_step"]) == (b["update"], b["global_step"]) == (3, 768)
+    assert torch.equal(a["minibatch_rng"], b["minibatch_rng"])
+    assert all(torch.equal(x["torch"], y["torch"]) for x, y in zip(a["rng"], b["rng"], strict=True))
+    steps = lambda c: [s["step"].item() for s in c["optimizers"][0]["state"].values()]  # noqa: E731
+    assert steps(a) == steps(b) == [3 * 4 * 2] * len(steps(a))  # 3 updates x 4 epochs x 2 minibatches
+    assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_bad_environments_are_refused_on_every_rank_before_anything_is_written(tmp_path):
+    """A Box action space, an unknown id, a module that does not exist, image observations that are not
+    Atari: one error line, exit code 2 (on both ranks under torchrun), no run directory."""
+    p = torchrun("ppo_ddp_gym.py", "--env-id=Pendulum-v1", cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("error: --env-id Pendulum-v1: the action space is Box") == 2
+    cases = {
+        "NoSuchEnv-v0": "error: --env-id NoSuchEnv-v0: Environment `NoSuchEnv` doesn't exist",
+        "nosuchmodule:X-v0": "error: --env-id nosuchmodule:X-v0: No module named 'nosuchmodule'",
+        "thirdparty_env:Pixels-v0": "are neither a vector nor an Atari screen",
+    }
+    for env_id, says in cases.items():
+        p = python("ppo_ddp_gym.py", f"--env-id={env_id}", cwd=tmp_path, timeout=60, PYTHONPATH=TESTS)
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, explain(p)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_random_cartpole_episode_as_a_gif(tmp_path):
+    """--capture-video from CartPole's own rgb_array frames (pygame draws them)."""
+    p = python("ppo_ddp_gym.py", "--baseline=random", "--capture-video", "--eval-episodes=1", cwd=tmp_path)
+    assert p.returncode == 0 and "video: baseline_random.gif" in p.stdout, explain(p)
+    assert gif_frames(tmp_path / "baseline_random.gif") >= 8
