@@ -186,13 +186,17 @@ def gym_chart(results: Path, out: Path, args: Args) -> Path:
         defaults = {**json.loads((ROOT / "tests/golden/ppo_ddp_gym.json").read_text()), "seed": ref["seed"]}
         seeds = f" --seed 1..{len(runs)}" if len(runs) > 1 else ""
         lines.append(f"{env_id}: {launch} {flags(ref, defaults)}{seeds}")
+        ours, steps = max(x for line in ax.get_lines() for x in line.get_xdata()), published[env_id]["steps"] / 1e6
         for script, (mean, std) in ((k, v) for k, v in published[env_id].items() if k.endswith(".py")):
-            steps = published[env_id]["steps"] / 1e6
-            ax.errorbar([steps], [mean], yerr=[std], fmt="o", capsize=4, label=f"CleanRL {script} ({mean:.1f})")
+            label = f"CleanRL {script}: {mean:.1f} ± {std:.1f} at {steps:g}M"
+            if steps <= 1.5 * ours:
+                ax.errorbar([steps], [mean], yerr=[std], fmt="o", capsize=4, label=label)
+            else:  # far beyond our run: named, not drawn (it would flatten our curve)
+                ax.plot([], [], " ", label=label + " (off the chart)")
         ax.set_title(env_id, fontsize=10)
         ax.set_xlabel("environment steps (millions, all ranks)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel(f"episodic return ({args.window}-update moving average)")
     caption(fig, "\n".join(lines))
     fig.tight_layout(rect=(0, 0.04 + 0.03 * len(lines), 1, 1))

@@ -321,12 +321,12 @@ class GymEnv:
             raise ArgError(f"--env-id {cfg.env_id}: the action space is {action_space}; PPO here needs Discrete")
         if not (isinstance(obs_space, gym.spaces.Box) and (atari or len(obs_space.shape) == 1)):
             raise ArgError(f"--env-id {cfg.env_id}: observations {obs_space} are neither a vector nor an Atari screen")
-        self.render_mode = "rgb_array" in modes
-        if (cfg.capture_video or cfg.render) and not self.render_mode:
+        frames_too = "rgb_array" in modes  # every env renders its own frames for --capture-video and --render
+        if (cfg.capture_video or cfg.render) and not frames_too:
             raise ArgError(f"--capture-video and --render need rgb_array frames; {cfg.env_id} renders {modes}")
-        self.num_envs, self.device, self.atari = num_envs, torch.device(device), atari
+        self.num_envs, self.device = num_envs, torch.device(device)
         self.restorable = spec.entry_point.startswith(RESTORABLE) and not atari
-        fns = [partial(make_env, cfg.env_id, atari, self.render_mode, i) for i in range(num_envs)]
+        fns = [partial(make_env, cfg.env_id, atari, frames_too, i) for i in range(num_envs)]
         same_step = gym.vector.AutoresetMode.SAME_STEP
         vector = gym.vector.SyncVectorEnv if cfg.vector_mode == "sync" else gym.vector.AsyncVectorEnv
         self.vec = vector(fns, autoreset_mode=same_step)

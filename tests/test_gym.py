@@ -118,16 +118,16 @@ def test_async_vector_envs_step_and_save_like_sync_ones():
 
 
 def test_atari_trains_on_two_ranks(tmp_path):
-    """Breakout on 2 ranks: the Nature CNN trains, games are counted, rank 0 evaluates and writes a GIF from the
+    """Breakout on 2 ranks: the Nature CNN trains, rank 0 evaluates a whole game and writes a GIF from the
     game's own frames, the checkpoints record that the envs' state is not in them, and the final model plays in
     the terminal (--render) from the same frames."""
-    args = [*SMALL, "--env-id=BreakoutNoFrameskip-v4", "--num-envs=2", "--num-steps=128", "--total-timesteps=1024"]
+    args = [*SMALL, "--env-id=BreakoutNoFrameskip-v4", "--num-envs=2", "--total-timesteps=256"]
     flags = ["--eval-interval=2", "--eval-episodes=1", "--checkpoint-interval=1", "--capture-video", "--run-name=a"]
     p = torchrun("ppo_ddp_gym.py", *args, *flags, cwd=tmp_path, timeout=240)
     assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
     run_dir = tmp_path / "runs/a"
-    rows = progress(run_dir)
-    assert sum(float(r["charts/episodes"]) for r in rows) >= 1, rows
+    rows = progress(run_dir)  # too short for a training game to end: the evaluation plays a whole one
+    assert [r["update"] for r in rows] == ["1", "2"] and float(rows[-1]["losses/entropy"]) > 1.0, rows
     assert float(rows[-1]["eval/episode_length"]) > 100 and rows[-1]["eval/episode_return"] != "", rows[-1]
     assert gif_frames(run_dir / "videos/update_00000002.gif") > 50
     ckpt = torch.load(run_dir / "checkpoints/update_00000002.pt", weights_only=False)
@@ -170,7 +170,8 @@ def test_bad_environments_are_refused_on_every_rank_before_anything_is_written(t
     """A Box action space, an unknown id, a module that does not exist, image observations that are not
     Atari: one error line, exit code 2 (on both ranks under torchrun), no run directory."""
     p = torchrun("ppo_ddp_gym.py", "--env-id=Pendulum-v1", cwd=tmp_path, timeout=120)
-    assert p.returncode == 2 and p.stderr.count("error: --env-id Pendulum-v1: the action space is Box") == 2
+    assert p.returncode != 0 and "exitcode: 2" in p.stderr, explain(p)  # torchrun's summary of its workers
+    assert p.stderr.count("error: --env-id Pendulum-v1: the action space is Box") == 2, explain(p)
     cases = {
         "NoSuchEnv-v0": "error: --env-id NoSuchEnv-v0: Environment `NoSuchEnv` doesn't exist",
         "nosuchmodule:X-v0": "error: --env-id nosuchmodule:X-v0: No module named 'nosuchmodule'",
@@ -178,7 +179,7 @@ def test_bad_environments_are_refused_on_every_rank_before_anything_is_written(t
     }
     for env_id, says in cases.items():
         p = python("ppo_ddp_gym.py", f"--env-id={env_id}", cwd=tmp_path, timeout=60, PYTHONPATH=TESTS)
-        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, explain(p)
+        assert p.returncode == 2 and says in p.stderr and p.stderr.strip().count("\n") == 0, explain(p)
     assert not (tmp_path / "runs").exists()
 
 

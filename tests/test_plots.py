@@ -7,9 +7,16 @@ import shutil
 import pytest
 from helpers import ROOT, python
 
-from plots import ARENA_RUNS, MEMORY_RUNS, SNAKE_RUNS, flags
+from plots import ARENA_RUNS, GYM_RUNS, MEMORY_RUNS, SNAKE_RUNS, flags
 
-CHARTS = ["snake_curve.png", "arena_curves.png", "arena_memory.png", "benchmark_ddp.png", "scaling.png"]
+CHARTS = [
+    "snake_curve.png",
+    "arena_curves.png",
+    "arena_memory.png",
+    "gym_returns.png",
+    "benchmark_ddp.png",
+    "scaling.png",
+]
 TINY = ["--num-envs=16", "--num-steps=32", "--total-timesteps=2048", "--hidden-size=16", "--eval-interval=0"]
 
 
@@ -19,14 +26,16 @@ def is_png(path) -> bool:
 
 @pytest.fixture(scope="module")
 def small_results(tmp_path_factory):
-    """A results directory as results/README.md describes it, from 4-update single-process runs of both scripts
-    (Arena episodes cut to 32 steps so that some end) and 2-episode baselines; the benchmark JSONs are results/'s."""
+    """A results directory as results/README.md describes it, from 4-update single-process runs of the scripts
+    (Arena episodes cut to 32 steps so that some end; CartPole standing in for every Gymnasium run) and 2-episode
+    baselines; the benchmark JSONs and CleanRL's published returns are results/'s."""
     tmp = tmp_path_factory.mktemp("plots")
     res = tmp / "results"
     (res / "baselines").mkdir(parents=True)
     for script, name, extra in (
         ("ppo_ddp_snake.py", "snake_default", []),
         ("ppo_ddp.py", "arena_default", ["--episode-length=32"]),
+        ("ppo_ddp_gym.py", "gym_CartPole_s1", []),
     ):
         p = python(script, *TINY, *extra, f"--run-name={name}", cwd=tmp, timeout=120)
         assert p.returncode == 0, p.stderr
@@ -34,6 +43,8 @@ def small_results(tmp_path_factory):
     for name in [*ARENA_RUNS, *MEMORY_RUNS]:  # the other Arena runs' directories: the one small run stands in
         if name != "arena_default":
             shutil.copytree(res / "arena_default", res / name)
+    for name in (n for runs in GYM_RUNS.values() for n in runs if n != "gym_CartPole_s1"):
+        shutil.copytree(res / "gym_CartPole_s1", res / name)
     for script, policy, extra in (
         ("ppo_ddp_snake", "random", []),
         ("ppo_ddp", "random", ["--episode-length=32"]),
@@ -44,7 +55,7 @@ def small_results(tmp_path_factory):
         assert p.returncode == 0 and out.is_file(), p.stderr
     for policy in ("teacher", "random"):  # the partially observed setting's levels: the default room's stand in
         shutil.copy(res / "baselines" / f"ppo_ddp_{policy}.json", res / "baselines" / f"ppo_ddp_po_{policy}.json")
-    for f in ["bench_ddp.json", *(f.name for f in (ROOT / "results").glob("scaling_*.json"))]:
+    for f in ["bench_ddp.json", "cleanrl_published.json", *(f.name for f in (ROOT / "results").glob("scaling_*.json"))]:
         shutil.copy(ROOT / "results" / f, res / f)
     return res
 
@@ -79,7 +90,7 @@ def test_the_readme_charts_come_from_results(tmp_path):
     readme = (ROOT / "README.md").read_text()
     for chart in CHARTS:
         assert is_png(tmp_path / chart) and is_png(ROOT / chart) and f"({chart})" in readme
-    for name in [*SNAKE_RUNS, *ARENA_RUNS, *MEMORY_RUNS]:
+    for name in [*SNAKE_RUNS, *ARENA_RUNS, *MEMORY_RUNS, *(n for runs in GYM_RUNS.values() for n in runs)]:
         assert (ROOT / "results" / name / "progress.csv").is_file() and f"`{name}/`" in (
             ROOT / "results/README.md"
         ).read_text()
