@@ -798,6 +798,17 @@ class StopEveryRank(RuntimeError):
     """A failure every rank raises alike (a checkpoint rank 0 could not write): one line each, exit code 1."""
 
 
+# A stop signal (a scheduler's or torchrun's SIGTERM, SLURM's USR1 warning) only sets this rank's request; the
+# ranks read every request together in the next update's statistics and all stop there, with a checkpoint.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPTED = 75  # the exit code of a run stopped by a signal, its last update checkpointed: run it again to resume
+stop_request = {"signal": 0}
+
+
+def request_stop(signum: int, _frame) -> None:
+    stop_request["signal"] = signum
+
+
 def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
     """Batch sizes and update count; raises ArgError on anything that cannot train, the environment's and the
     script's own settings included (check_args). Pure: every rank reaches the same verdict from the same
@@ -1020,15 +1031,13 @@ def agree_num_envs(args: Args, device: torch.device, world_size: int, local_worl
     return args.num_envs or auto_num_envs(int(cap.item()), args, world_size)
 
 
-def agree_run_name(args: Args, device: torch.device) -> str:
-    """--run-name, or <exp_name>__<loss>__<seed>__<id>: torchrun's run id (the same after a restart, so a
-    restarted group finds its checkpoints), else rank 0's clock, broadcast."""
-    if args.run_name:
-        return args.run_name
-    stamp = torch.tensor([int(time.time())], device=device)
-    dist.broadcast(stamp, 0)
-    launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    return f"{args.exp_name}__{args.loss}__{args.seed}__{launch[:8] if launch != 'none' else stamp.item()}"
+def agree_run_name(args: Args) -> str:
+    """--run-name, or <exp_name>__<loss>__<seed>__<id>: the SLURM job id, else torchrun's run id (each the same
+    after a requeue or a restart, so the run finds its checkpoints), else the clock; rank 0's, broadcast."""
+    launch = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "")[:8] or int(time.time())
+    name = [args.run_name or f"{args.exp_name}__{args.loss}__{args.seed}__{launch}"]
+    dist.broadcast_object_list(name, src=0)
+    return name[0]
 
 
 def gather_to_rank0(obj, rank: int, world_size: int) -> list | None:
@@ -1161,8 +1170,10 @@ def restore_checkpoint(run_dir: Path, args: Args, rank: int, world_size: int) ->
 def read_run_dir(run_dir: Path, args: Args, world_size: int) -> tuple[dict | str | None, list | None]:
     """Rank 0's half of restore_checkpoint: (shared state, parts by rank), (error, None) or (None, None) = fresh.
     A run already there is continued only with --resume or after a torchrun restart, from its newest usable
-    checkpoint, and only with the same world size and every Args field outside RESUME_MAY_CHANGE."""
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0  # torchrun restarted the group
+    checkpoint, and only with the same world size and every Args field outside RESUME_MAY_CHANGE. A restart
+    (torchrun's, or a requeued SLURM job's) continues without --resume."""
+    restarts = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")  # torchrun restarted the group, SLURM the job
+    restarted = any(int(os.environ.get(k) or 0) > 0 for k in restarts)
     if not (args.resume or restarted):
         if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
             return f"{run_dir} already holds a run: continue it with --resume, or choose another --run-name", None
@@ -1234,9 +1245,9 @@ def evaluate(
     policy, args: Args, device, episodes: int, seed: int, render_to=None, frames=None, time_limit: float = math.inf
 ) -> dict[str, float]:
     """One episode (game) in each of `episodes` envs played together; `policy(env, obs)` returns actions. The mean
-    of each episode metric over the episodes that ended within `time_limit` seconds ({} if none did); `render_to(text)`
-    shows env 0 frame by frame (and ends the play with its episode); `frames` (a list) receives env 0's images until
-    its episode ends, at most MAX_VIDEO_FRAMES."""
+    of each episode metric over the episodes that ended within `time_limit` seconds and before a stop signal ({}
+    if none did); `render_to(text)` shows env 0 frame by frame (and ends the play with its episode); `frames` (a
+    list) receives env 0's images until its episode ends, at most MAX_VIDEO_FRAMES."""
     deadline = time.monotonic() + time_limit
     env = Env(episodes, device, seed, 0, args)
     obs, finished, timed_out = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device), False
@@ -1253,12 +1264,13 @@ def evaluate(
         for k, v in totals.items():
             v.copy_(torch.where(ended & ~finished, info[k].float(), v))
         finished |= ended
-        timed_out = time.monotonic() > deadline
+        timed_out = time.monotonic() > deadline or stop_request["signal"]  # a stop signal cuts it short too
         if finished.all() or (render_to and finished[0]) or timed_out:
             break
     n = int(finished.sum())
     if n < episodes and not render_to:
-        why = f"stopped at its time limit ({time_limit:g} s)" if timed_out else f"ran {env.max_episode_steps} steps"
+        limit = f"at its time limit ({time_limit:g} s) or by a signal"
+        why = f"stopped {limit}" if timed_out else f"ran {env.max_episode_steps} steps"
         print(f"warning: the evaluation {why}: {n} of {episodes} episodes ended", file=sys.stderr)
     return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()} if n else {}
 
@@ -1430,11 +1442,19 @@ class RunLog:
         if args.track:  # imported only when asked for; before SummaryWriter, whose scalars it mirrors
             import wandb
 
+            id_file = run_dir / "wandb_id"  # a resumed run continues its wandb run
+            if last_update == 0 or not id_file.exists():
+                atomic_write_text(id_file, os.urandom(4).hex())
             self.wandb = wandb.init(
-                project=args.wandb_project_name, name=args.run_name, config=config, sync_tensorboard=True
+                project=args.wandb_project_name,
+                name=args.run_name,
+                id=id_file.read_text(),
+                resume="allow",
+                config=config,
+                sync_tensorboard=True,
             )
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
-        self.writer = SummaryWriter(str(run_dir))
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
         self.writer.add_text(
             "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
         )
@@ -1482,14 +1502,10 @@ class RunLog:
         return self
 
     def __exit__(self, exc_type, *_):
-        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's stop must not cut this short
-        try:  # (a wandb run finished twice, here and at exit, loses its data)
-            self.writer.close()
-            self.csv_file.close()
-            if self.wandb is not None:
-                self.wandb.finish(exit_code=0 if exc_type is None else 1)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        self.writer.close()  # a stop signal cannot cut this short (it only sets stop_request)
+        self.csv_file.close()
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=0 if exc_type is None else 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1535,7 +1551,8 @@ def main() -> int:
     if use_cuda:
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=args.dist_timeout)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # torchrun's stop: unwind through `finally`
+    for sig in STOP_SIGNALS:  # from here a stop signal is a request, served at the next update (train)
+        signal.signal(sig, request_stop)
     dist.init_process_group(
         "nccl" if use_cuda else "gloo",
         store=rendezvous_store(rank, world_size, timeout),
@@ -1586,7 +1603,7 @@ def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Sto
 # Training
 # ---------------------------------------------------------------------------------------------------
 def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device, cpus: list[int]) -> int:
-    args.run_name = agree_run_name(args, device)
+    args.run_name = agree_run_name(args)
     run_dir = Path("runs") / args.run_name
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
@@ -1657,6 +1674,7 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
                 "or lower --num-envs",
                 file=sys.stderr,
             )
+    stopping = False
     with log or contextlib.nullcontext():  # rank 0's files are closed on every exit path
         for update in range(loop["update"] + 1, sizes["num_updates"] + 1):
             coef = schedules_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
@@ -1675,16 +1693,19 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen, state0)
             t2 = clock(device)
 
-            # -- statistics of all ranks, by name, in one collective; evaluation; rank 0 logs --
-            timing = {"sps": b["rewards"].numel() / (t2 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
+            # -- statistics of all ranks, by name, in one collective (stop requests too); evaluation; rank 0 logs --
+            scalars = {"sps": b["rewards"].numel() / (t2 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
+            scalars["signal"] = stop_request["signal"]
             stats = gather_stats(
                 {
                     **ep,
                     "explained_variance": explained_variance(b),
-                    **{k: torch.tensor(v, device=device) for k, v in timing.items()},
+                    **{k: torch.tensor(float(v), device=device) for k, v in scalars.items()},
                 }
             )
+            stopping = any(stats["signal"]) and update < sizes["num_updates"]  # one rank's signal stops all here
             evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
+            evaluating = evaluating and not stopping
             eval_stats = {}
             if rank == 0 and evaluating and args.eval_mode == "local":
                 frames, seed = [] if args.capture_video else None, args.seed + 1_000_003
@@ -1695,11 +1716,10 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             elif rank == 0 and evaluating:
                 evals.append(start_async_eval(agent, meta, run_dir, loop, args))
             if rank == 0:
-                last = update == sizes["num_updates"]
+                last = update == sizes["num_updates"] or stopping
                 if args.eval_mode == "async":  # the last row waits for those running, within the others' patience
-                    eval_stats = (
-                        collect_async_evals(evals, log.writer, args.dist_timeout / 2 if last else 0) or eval_stats
-                    )
+                    wait = 5.0 if stopping else args.dist_timeout / 2 if last else 0  # (a stop: within its budget)
+                    eval_stats = collect_async_evals(evals, log.writer, wait) or eval_stats
                 episodes = sum(stats["episodes"])
                 row = {
                     "update": update,
@@ -1717,12 +1737,24 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
                 }
                 log.write(row, stats["sps"], last)
 
-            # -- checkpoint: rank 0 writes everything every rank needs to continue exactly --
-            if args.checkpoint_interval and update % args.checkpoint_interval == 0:
+            # -- checkpoint: rank 0 writes everything every rank needs to continue exactly; a stop ends here --
+            path = run_dir / "checkpoints" / f"update_{update:08d}.pt"
+            if stopping or (args.checkpoint_interval and update % args.checkpoint_interval == 0):
                 shared, mine = checkpoint_state(agent, optimizers, env, minibatch_gen, loop, meta, device)
-                save_checkpoint(run_dir / "checkpoints" / f"update_{update:08d}.pt", shared, mine, rank, world_size)
+                save_checkpoint(path, shared, mine, rank, world_size)
+            if stopping:
+                break
 
-        check_identical(agent, "at the end")
+        check_identical(agent, "at the stop" if stopping else "at the end")
+        if stopping:
+            if rank == 0:
+                who = {signal.Signals(int(s)).name for s in stats["signal"] if s}
+                print(
+                    f"stopped by {', '.join(sorted(who))} ({sum(map(bool, stats['signal']))} of {world_size} ranks) "
+                    f"at update {loop['update']}: checkpoint {path}; the same command with --resume continues "
+                    f"(a torchrun restart or a requeued SLURM job continues by itself); exit code {PREEMPTED}"
+                )
+            return PREEMPTED
         if rank == 0:
             print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
             atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")

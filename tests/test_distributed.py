@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from equivalence import LR, SEED_PERM, make_problem, reference_update
 from helpers import explain, finish, progress, python, run, start, torchrun, torchrun_cmd, workers
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 # 64 boards x 32 steps x 2 ranks = 4096 steps per update.
@@ -183,7 +184,7 @@ def test_compile_trains_on_two_ranks_and_checkpoints_have_no_prefix(tmp_path, ma
 def test_resume_continues_exactly(tmp_path, recurrent_too):
     """A run stopped after update 2 (what came later dropped) and resumed with --resume ends with the same
     weights and the same progress.csv as the uninterrupted run: model, optimizer, schedules, RNG, boards, and
-    the LSTM's memory of every room on every rank."""
+    the LSTM's memory of every room on every rank; TensorBoard hides what the first session logged after it."""
     script, *agent = recurrent_too
     args = [*SMALL, *agent, "--total-timesteps=12288", "--checkpoint-interval=1"]
     p = torchrun(script, *args, "--run-name=full", cwd=tmp_path, timeout=180)
@@ -202,6 +203,9 @@ def test_resume_continues_exactly(tmp_path, recurrent_too):
         assert {k: v for k, v in ra.items() if k not in clock} == {k: v for k, v in rb.items() if k not in clock}
     wa, wb = weights(full / "final_model.pt"), weights(cut / "final_model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    boards = EventAccumulator(str(cut))  # update 3, logged by both sessions, is shown once in TensorBoard
+    boards.Reload()
+    assert [e.step for e in boards.Scalars("charts/SPS")] == [4096, 8192, 12288]
 
 
 def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path):
@@ -448,7 +452,7 @@ def half_then_wait(obj, f, *args, **kwargs):  # write half of update 2's checkpo
     with open(f, "wb") as out:
         out.write(buf.getvalue()[: buf.tell() // 2])
         out.flush()
-        time.sleep(300)
+        time.sleep(float(os.environ["STALL_S"]))
         out.write(buf.getvalue()[buf.tell() // 2 :])
 
 
@@ -456,28 +460,39 @@ torch.save = half_then_wait
 """
 
 
-def test_sigterm_during_a_checkpoint_write_leaves_the_latest_checkpoint_loadable(tmp_path):
-    """A scheduler's SIGTERM (preemption) reaches torchrun while rank 0 is half-way through writing checkpoint 2
-    (torch.save is slowed from outside, by a sitecustomize on PYTHONPATH): every rank stops, no torn or
-    temporary file is left, checkpoint 1 loads, and --resume continues from it to the end."""
+@pytest.mark.parametrize("stall", [4, 300])
+def test_sigterm_during_a_checkpoint_write(tmp_path, stall):
+    """A scheduler's SIGTERM reaches torchrun while rank 0 is half-way through writing checkpoint 2 (torch.save
+    slowed from outside, by a sitecustomize on PYTHONPATH). A write that ends in time completes, and the ranks
+    stop after the next update with its checkpoint (all three load); one that outlasts torchrun's 30 s is
+    SIGKILLed, leaving checkpoint 1 loadable and a .tmp that nothing reads. --resume continues to the end."""
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SLOW_SAVE)
-    args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=1", "--run-name=p"]
-    proc = start(torchrun_cmd("ppo_ddp_snake.py", *args), cwd=tmp_path, PYTHONPATH=str(inject))
+    args = [*SMALL, "--total-timesteps=16384", "--checkpoint-interval=1", "--run-name=p"]
+    env = {"PYTHONPATH": str(inject), "STALL_S": str(stall)}
+    proc = start(torchrun_cmd("ppo_ddp_snake.py", *args), cwd=tmp_path, **env)
     ckpts = tmp_path / "runs/p/checkpoints"
     writing = lambda: any(f.stat().st_size > 0 for f in ckpts.glob("update_00000002*"))  # noqa: E731
     assert wait_for(writing, 120, proc), finish(proc, 5)
     proc.send_signal(signal.SIGTERM)  # to torchrun, which stops its workers with SIGTERM
     p = finish(proc, 90)
     assert p.returncode != 0, explain(p)
-    assert sorted(f.name for f in ckpts.iterdir()) == ["update_00000001.pt"], explain(p)
     mod = importlib.import_module("ppo_ddp_snake")
-    assert mod.load_checkpoint(ckpts / "update_00000001.pt", mod.CHECKPOINT_KEYS)["update"] == 1
+    last = 3 if stall < 30 else 1
+    saved = (
+        ["update_00000001.pt", "update_00000002.pt", "update_00000003.pt"]
+        if last == 3
+        else ["update_00000001.pt", "update_00000002.pt.tmp"]
+    )
+    assert sorted(f.name for f in ckpts.iterdir()) == saved, explain(p)
+    assert ("stopped by SIGTERM (2 of 2 ranks) at update 3" in p.stdout) == (last == 3), explain(p)
+    for u in range(1, last + 1):
+        assert mod.load_checkpoint(ckpts / f"update_{u:08d}.pt", mod.CHECKPOINT_KEYS)["update"] == u
     p = torchrun("ppo_ddp_snake.py", *args, "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
-    assert "resumed from runs/p/checkpoints/update_00000001.pt at update 1" in p.stdout
-    assert [int(r["update"]) for r in progress(tmp_path / "runs/p")] == [1, 2, 3]
+    assert f"resumed from runs/p/checkpoints/update_{last:08d}.pt at update {last}" in p.stdout
+    assert [int(r["update"]) for r in progress(tmp_path / "runs/p")] == [1, 2, 3, 4]
 
 
 def test_resume_with_changed_schedule_is_refused(tmp_path, machinery):
