@@ -214,7 +214,7 @@ def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path):
     the run, and ends bit-identical to an uninterrupted run. The Arena with the LSTM: the restart is the
     machinery's, and what a script's rooms and memory need is in its resume test (both scripts)."""
     script, *agent = "ppo_ddp.py", "--agent=lstm"
-    total_updates = 30
+    total_updates = 15
     args = [*SMALL, *agent, f"--total-timesteps={4096 * total_updates}", "--checkpoint-interval=3"]
     proc = start(torchrun_cmd(script, *args, launcher_args=("--standalone", "--max-restarts=1")), cwd=tmp_path)
     csv_files = lambda: list((tmp_path / "runs").glob("*/progress.csv"))  # noqa: E731
@@ -333,7 +333,7 @@ def test_two_nodes_with_different_hardware_agree_on_sizes(tmp_path, machinery):
     dirs = [tmp_path / "node0", tmp_path / "node1"]
     for d in dirs:
         d.mkdir()
-    args = [*SMALL[2:], "--num-envs=0", "--num-steps=2", "--total-timesteps=204800", "--checkpoint-interval=0"]
+    args = [*SMALL[2:], "--num-envs=0", "--num-steps=1", "--total-timesteps=102400", "--checkpoint-interval=0"]
     args.remove("--hidden-size=32")  # the default 128: enough weights that a sum's order follows the threads
     results = [finish(p, 240) for p in start_two_nodes(machinery, *args, "--run-name=h", dirs=dirs, threads=(1, 2))]
     assert all(r.returncode == 0 for r in results), "".join(explain(r) for r in results)
@@ -460,17 +460,15 @@ torch.save = half_then_wait
 """
 
 
-@pytest.mark.parametrize("stall", [4, 300])
-def test_sigterm_during_a_checkpoint_write(tmp_path, stall):
+def test_sigterm_during_a_checkpoint_write(tmp_path):
     """A scheduler's SIGTERM reaches torchrun while rank 0 is half-way through writing checkpoint 2 (torch.save
-    slowed from outside, by a sitecustomize on PYTHONPATH). A write that ends in time completes, and the ranks
-    stop after the next update with its checkpoint (all three load); one that outlasts torchrun's 30 s is
-    SIGKILLed, leaving checkpoint 1 loadable and a .tmp that nothing reads. --resume continues to the end."""
+    stalled 4 s from outside, by a sitecustomize on PYTHONPATH): the write completes, the ranks stop after the
+    next update with its checkpoint, all three load, and --resume continues from the newest to the end."""
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SLOW_SAVE)
     args = [*SMALL, "--total-timesteps=16384", "--checkpoint-interval=1", "--run-name=p"]
-    env = {"PYTHONPATH": str(inject), "STALL_S": str(stall)}
+    env = {"PYTHONPATH": str(inject), "STALL_S": "4"}
     proc = start(torchrun_cmd("ppo_ddp_snake.py", *args), cwd=tmp_path, **env)
     ckpts = tmp_path / "runs/p/checkpoints"
     writing = lambda: any(f.stat().st_size > 0 for f in ckpts.glob("update_00000002*"))  # noqa: E731
@@ -479,19 +477,13 @@ def test_sigterm_during_a_checkpoint_write(tmp_path, stall):
     p = finish(proc, 90)
     assert p.returncode != 0, explain(p)
     mod = importlib.import_module("ppo_ddp_snake")
-    last = 3 if stall < 30 else 1
-    saved = (
-        ["update_00000001.pt", "update_00000002.pt", "update_00000003.pt"]
-        if last == 3
-        else ["update_00000001.pt", "update_00000002.pt.tmp"]
-    )
-    assert sorted(f.name for f in ckpts.iterdir()) == saved, explain(p)
-    assert ("stopped by SIGTERM (2 of 2 ranks) at update 3" in p.stdout) == (last == 3), explain(p)
-    for u in range(1, last + 1):
+    assert sorted(f.name for f in ckpts.iterdir()) == [f"update_0000000{u}.pt" for u in (1, 2, 3)], explain(p)
+    assert "stopped by SIGTERM (2 of 2 ranks) at update 3" in p.stdout, explain(p)
+    for u in (1, 2, 3):
         assert mod.load_checkpoint(ckpts / f"update_{u:08d}.pt", mod.CHECKPOINT_KEYS)["update"] == u
     p = torchrun("ppo_ddp_snake.py", *args, "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
-    assert f"resumed from runs/p/checkpoints/update_{last:08d}.pt at update {last}" in p.stdout
+    assert "resumed from runs/p/checkpoints/update_00000003.pt at update 3" in p.stdout
     assert [int(r["update"]) for r in progress(tmp_path / "runs/p")] == [1, 2, 3, 4]
 
 

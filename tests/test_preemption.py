@@ -82,9 +82,9 @@ def test_sigterm_to_torchrun_checkpoints_the_update_in_flight_and_resume_is_exac
     assert steps == [4096 * u for u in range(1, UPDATES + 1)], steps
 
 
-def test_a_signal_on_one_rank_stops_every_rank_at_the_same_update(tmp_path, uninterrupted):
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_update(tmp_path):
     """SIGUSR1 (SLURM's warning) to rank 1 alone: rank 0, which saw nothing, stops with it at the same update, one
-    checkpoint is written, each exits 75 (PREEMPTED); --resume ends bit-identical."""
+    checkpoint is written, each exits 75 (PREEMPTED). (Its resume is the SIGTERM test's.)"""
     run_dir = tmp_path / "runs/o"
     proc = start(torchrun_cmd(SNAKE, *ARGS, "--run-name=o"), cwd=tmp_path)
     assert wait_for(lambda: len(updates(run_dir)) >= 3, 120, proc), finish(proc, 5)
@@ -97,9 +97,7 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_update(tmp_path, unin
     assert "exitcode  : 75" in p.stderr, explain(p)
     assert updates(run_dir) == list(range(1, k + 1))
     assert sorted(f.name for f in (run_dir / "checkpoints").iterdir()) == [f"update_{k:08d}.pt"]
-    p = torchrun(SNAKE, *ARGS, "--run-name=o", "--resume", cwd=tmp_path, timeout=180)
-    assert p.returncode == 0, explain(p)
-    assert_ends_identical(run_dir, uninterrupted)
+    assert torch.load(run_dir / f"checkpoints/update_{k:08d}.pt", weights_only=False)["update"] == k
 
 
 def test_a_signal_during_evaluation_cuts_it_short(tmp_path):
