@@ -1269,8 +1269,8 @@ def evaluate(
             break
     n = int(finished.sum())
     if n < episodes and not render_to:
-        limit = f"at its time limit ({time_limit:g} s) or by a signal"
-        why = f"stopped {limit}" if timed_out else f"ran {env.max_episode_steps} steps"
+        stop = "by a signal" if stop_request["signal"] else f"at its time limit ({time_limit:g} s)"
+        why = f"stopped {stop}" if timed_out else f"ran {env.max_episode_steps} steps"
         print(f"warning: the evaluation {why}: {n} of {episodes} episodes ended", file=sys.stderr)
     return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()} if n else {}
 
@@ -1694,18 +1694,18 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
             t2 = clock(device)
 
             # -- statistics of all ranks, by name, in one collective (stop requests too); evaluation; rank 0 logs --
-            scalars = {"sps": b["rewards"].numel() / (t2 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
-            scalars["signal"] = stop_request["signal"]
+            timing = {"sps": b["rewards"].numel() / (t2 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
             stats = gather_stats(
                 {
                     **ep,
                     "explained_variance": explained_variance(b),
-                    **{k: torch.tensor(float(v), device=device) for k, v in scalars.items()},
+                    **{k: torch.tensor(v, device=device) for k, v in timing.items()},
+                    "signal": torch.tensor(float(stop_request["signal"]), device=device),
                 }
             )
             stopping = any(stats["signal"]) and update < sizes["num_updates"]  # one rank's signal stops all here
             evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
-            evaluating = evaluating and not stopping
+            evaluating = evaluating and not stopping  # a stop starts no evaluation
             eval_stats = {}
             if rank == 0 and evaluating and args.eval_mode == "local":
                 frames, seed = [] if args.capture_video else None, args.seed + 1_000_003

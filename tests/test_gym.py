@@ -80,10 +80,7 @@ def test_evaluation_stops_at_its_time_limit(capsys):
     policy = lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,))  # noqa: E731
     args = gp.Args(env_id="PongNoFrameskip-v4")
     assert gp.evaluate(policy, args, "cpu", 2, 7, time_limit=0.2) == {}
-    assert (
-        "the evaluation stopped at its time limit (0.2 s) or by a signal: 0 of 2 episodes ended"
-        in capsys.readouterr().err
-    )
+    assert "the evaluation stopped at its time limit (0.2 s): 0 of 2 episodes ended" in capsys.readouterr().err
     stats = gp.evaluate(policy, gp.Args(), "cpu", 3, 7)
     assert set(stats) == {"eval/episode_return", "eval/episode_length"} and stats["eval/episode_return"] > 5
     assert "warning" not in capsys.readouterr().err
