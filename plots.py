@@ -54,6 +54,14 @@ MEMORY_RUNS = {  # the partially observed setting: mlp and lstm, two seeds each,
     "arena_po_lstm_s1": "lstm, seed 1",
     "arena_po_lstm_s2": "lstm, seed 2",
 }
+TUNED_RUNS = {  # tune.py's best flags against the defaults at the default length, seed by seed (docs/tune.md)
+    "arena_default": "defaults, seed 1",
+    "arena_tuned_s1": "tuned, seed 1",
+}
+TUNED_STYLE = {
+    name: {"color": "tab:orange" if "tuned" in name else "tab:blue", "ls": {"2": "--", "3": ":"}.get(name[-1], "-")}
+    for name in TUNED_RUNS
+}
 MEMORY_STYLE = {
     name: {"color": "tab:orange" if "lstm" in name else "tab:blue", "ls": "-" if name[-1] == "1" else "--"}
     for name in MEMORY_RUNS
@@ -272,6 +280,34 @@ def scaling_chart(results: Path, out: Path) -> Path:
     return save(fig, out)
 
 
+def tune_chart(results: Path, out: Path, study: str = "tune_arena") -> Path:
+    """tune.py's study: each trial's objective (pruned trials at their last reported value), the best so far."""
+    with open(need(results / study / "trials.csv"), newline="") as f:
+        trials = list(csv.DictReader(f))
+    done = [(int(t["number"]), float(t["value"])) for t in trials if t["state"] == "COMPLETE"]
+    cut = [(int(t["number"]), float(t["last_intermediate"])) for t in trials if t["state"] == "PRUNED"]
+    if not done:
+        raise ResultError(f"{results / study}/trials.csv: no completed trial")
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    ax.scatter(*zip(*done, strict=True), color="tab:blue", label="completed", zorder=3)
+    if cut:
+        ax.scatter(*zip(*cut, strict=True), color="tab:red", marker="x", label="pruned (its last reported value)")
+    best = [max(v for n, v in done if n <= k) for k, _ in done]
+    ax.step([n for n, _ in done], best, where="post", color="tab:green", label="best so far")
+    first = next(t for t in trials if t["state"] == "COMPLETE")
+    ax.annotate("the defaults", (int(first["number"]), float(first["value"])), textcoords="offset points",
+                xytext=(8, -12), fontsize=8)  # fmt: skip
+    config = json.loads(need(results / study / "study.json").read_text())
+    ax.set(xlabel="trial", ylabel=f"{config['metric']}, mean over the last 10% of updates")
+    ran, steps = sum(t["state"] != "WAITING" for t in trials), config["total_timesteps"] / 1e6
+    ax.set_title(f"tune.py, study {config['study_name']}: {ran} trials of {steps:g}M steps, {len(done)} completed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    caption(fig, config["command"])
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return save(fig, out)
+
+
 def save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.png")
@@ -302,6 +338,18 @@ def main() -> int:
                 style=MEMORY_STYLE,
             ),
             gym_chart(results, out / "gym_returns.png", args),
+            tune_chart(results, out / "tune_arena.png"),
+            learning_curves(
+                results,
+                out / "arena_tuned.png",
+                TUNED_RUNS,
+                "arena",
+                "arena/hearts",
+                "Arena: tune.py's best flags against the defaults, 40M steps, seed by seed",
+                args,
+                reference="arena_default",
+                style=TUNED_STYLE,
+            ),
             benchmark_chart(results, out / "benchmark_ddp.png"),
             scaling_chart(results, out / "scaling.png"),
         ]

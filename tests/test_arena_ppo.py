@@ -12,10 +12,11 @@ from helpers import explain, gif_frames, progress, python, torchrun
 
 import ppo_ddp as arena
 
-# 64 rooms x 32 steps x 2 ranks = 4096 steps per update; 4 updates.
+# 64 rooms x 32 steps x 2 ranks = 4096 steps per update; 4 updates; every room's episode ends with each update.
 SMALL = [
     "--num-envs=64",
     "--num-steps=32",
+    "--episode-length=32",
     "--num-minibatches=2",
     "--hidden-size=32",
     "--total-timesteps=16384",
@@ -38,6 +39,7 @@ def test_each_loss_trains_on_two_ranks_with_identical_weights(tmp_path, loss):
     rows = progress(tmp_path / "runs/r")
     assert [int(r["global_step"]) for r in rows] == [4096, 8192, 12288, 16384]
     assert all(float(r["losses/entropy"]) > 0 for r in rows)
+    assert [r["charts/episodes"] for r in rows] == ["128.0"] * 4  # the episodes of both ranks, reduced before logging
     assert (float(rows[-1]["losses/value_loss"]) > 0) == (loss == "ppo")  # only ppo trains the critic
     assert rows[1]["eval/hearts"] != ""
     ckpt = torch.load(tmp_path / "runs/r/checkpoints/update_00000004.pt", weights_only=False)

@@ -22,7 +22,7 @@ from helpers import explain, finish, python, start, torchrun_cmd
 
 GOLDEN = Path(__file__).parent / "golden"
 PPO = sorted(p.stem for p in Path(__file__).resolve().parents[1].glob("ppo_ddp*.py"))
-SCRIPTS = [*PPO, "benchmark_ddp", "test_unused_params"]
+SCRIPTS = [*PPO, "benchmark_ddp", "test_unused_params", "tune"]
 # 409,600 steps: --num-envs 0 resolves to 16 per rank (the most leaving 100 updates of 2 x 16 x num_steps) where
 # the envs step on the device; where they step on the CPU, to its share of the cores (the run keeps to 2 of them)
 RESOLVE = ["--total-timesteps=409600", "--run-name=golden"]

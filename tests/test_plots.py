@@ -1,5 +1,5 @@
-"""plots.py draws every README chart from what the scripts write: fresh small runs and baselines made here, and the
-results/ directory the README's charts come from."""
+"""plots.py draws every chart of the README and its pages from what the scripts write: fresh small runs and
+baselines made here, and the results/ directory the charts come from."""
 
 import re
 import shutil
@@ -7,13 +7,15 @@ import shutil
 import pytest
 from helpers import ROOT, python
 
-from plots import ARENA_RUNS, GYM_RUNS, MEMORY_RUNS, SNAKE_RUNS, flags
+from plots import ARENA_RUNS, GYM_RUNS, MEMORY_RUNS, SNAKE_RUNS, TUNED_RUNS, flags
 
 CHARTS = [
     "snake_curve.png",
     "arena_curves.png",
     "arena_memory.png",
     "gym_returns.png",
+    "tune_arena.png",
+    "arena_tuned.png",
     "benchmark_ddp.png",
     "scaling.png",
 ]
@@ -40,7 +42,7 @@ def small_results(tmp_path_factory):
         p = python(script, *TINY, *extra, f"--run-name={name}", cwd=tmp, timeout=120)
         assert p.returncode == 0, p.stderr
         shutil.copytree(tmp / "runs" / name, res / name)
-    for name in [*ARENA_RUNS, *MEMORY_RUNS]:  # the other Arena runs' directories: the one small run stands in
+    for name in [*ARENA_RUNS, *MEMORY_RUNS, *TUNED_RUNS]:  # the other Arena runs: the one small run stands in
         if name != "arena_default":
             shutil.copytree(res / "arena_default", res / name)
     for name in (n for runs in GYM_RUNS.values() for n in runs if n != "gym_CartPole_s1"):
@@ -57,6 +59,7 @@ def small_results(tmp_path_factory):
         shutil.copy(res / "baselines" / f"ppo_ddp_{policy}.json", res / "baselines" / f"ppo_ddp_po_{policy}.json")
     for f in ["bench_ddp.json", "cleanrl_published.json", *(f.name for f in (ROOT / "results").glob("scaling_*.json"))]:
         shutil.copy(ROOT / "results" / f, res / f)
+    shutil.copytree(ROOT / "results/tune_arena", res / "tune_arena")  # tune.py's study: trials.csv, study.json
     return res
 
 
@@ -84,13 +87,16 @@ def test_plots_names_what_is_missing_and_exits_2(small_results, tmp_path):
 
 
 def test_the_readme_charts_come_from_results(tmp_path):
-    """Every chart the README shows is drawn from the committed results/, and every run a chart names is there."""
+    """Every chart is drawn from the committed results/ and shown in the README or one of its pages (docs/, which
+    show the charts at the repository's root as `../name.png`), and every run a chart names is there."""
     p = python("plots.py", f"--out-dir={tmp_path}", timeout=120)
     assert p.returncode == 0, p.stderr
     readme = (ROOT / "README.md").read_text()
+    docs = "".join(f.read_text() for f in sorted((ROOT / "docs").glob("*.md")))
     for chart in CHARTS:
-        assert is_png(tmp_path / chart) and is_png(ROOT / chart) and f"({chart})" in readme
-    for name in [*SNAKE_RUNS, *ARENA_RUNS, *MEMORY_RUNS, *(n for runs in GYM_RUNS.values() for n in runs)]:
+        assert is_png(tmp_path / chart) and is_png(ROOT / chart)
+        assert f"({chart})" in readme or f"(../{chart})" in docs, f"{chart} is shown neither in README.md nor in docs/"
+    for name in [*SNAKE_RUNS, *ARENA_RUNS, *MEMORY_RUNS, *TUNED_RUNS, *(n for runs in GYM_RUNS.values() for n in runs)]:
         assert (ROOT / "results" / name / "progress.csv").is_file() and f"`{name}/`" in (
             ROOT / "results/README.md"
         ).read_text()

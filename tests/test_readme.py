@@ -1,8 +1,28 @@
-"""CI runs what the README tells a user to run: the ci:test block and the commands in .ci/run are the same."""
+"""The README and its pages in docs/ say what is true: CI runs the README's test command, the Correctness and
+Faults tables name tests that exist, and every link between the pages leads somewhere."""
 
 import re
 
 from helpers import ROOT
+
+
+def pages() -> list:
+    """README.md and every page under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def table_rows(text: str, header: str) -> list:
+    """The body rows of every Markdown table of `text` whose header line starts with `header`."""
+    rows, inside = [], False
+    for line in text.splitlines():
+        if line.startswith(header):
+            inside = True
+        elif inside and line.startswith("|"):
+            if not line.startswith("|-"):
+                rows.append(line)
+        else:
+            inside = False
+    return rows
 
 
 def test_ci_runs_the_readme_test_command():
@@ -19,11 +39,11 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_every_test_the_correctness_table_names_exists():
-    """Each test named in the right-hand column of the README's Correctness table is a test file, a test
-    function, or a `prefix_*` pattern that matches one: a renamed or deleted test cannot leave a claim unproven."""
-    section = (ROOT / "README.md").read_text().split("\n## Correctness\n", 1)[1].split("\n## ", 1)[0]
-    headers = ("| claim |", "| fault or bad input |")
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith(headers)]
+    """Each test named in the right-hand column of the Correctness and Faults tables (docs/correctness.md, or
+    wherever in the README and its pages they are) is a test file, a test function, or a `prefix_*` pattern that
+    matches one: a renamed or deleted test cannot leave a claim unproven."""
+    text = "\n".join(p.read_text() for p in pages())
+    rows = [row for header in ("| claim |", "| fault or bad input |") for row in table_rows(text, header)]
     named = [n for row in rows for n in re.findall(r"`([^`]+)`", row.rsplit(" | ", 1)[1])]
     named = [n for n in named if n.startswith(("test_", "tests/"))]
     sources = "".join(f.read_text() for f in sorted((ROOT / "tests").glob("test_*.py")))
@@ -39,5 +59,69 @@ def test_every_test_the_correctness_table_names_exists():
             else n in defined
         )
     ]
-    assert len(rows) >= 20 and len(named) >= len(rows), (len(rows), len(named))
-    assert not missing, f"the README's Correctness table names tests that do not exist: {missing}"
+    assert len(rows) >= 40 and len(named) >= len(rows), (len(rows), len(named))
+    assert not missing, f"the Correctness and Faults tables name tests that do not exist: {missing}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lowercase, punctuation other than '-' and '_' dropped, spaces to '-'."""
+    return "".join(c for c in heading.strip().lower() if c.isalnum() or c in " -_").replace(" ", "-")
+
+
+def anchors(text: str) -> set:
+    """Every heading's anchor in a Markdown file, a repeated one numbered as GitHub does (`name-1`, ...)."""
+    seen: dict = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#* *$", strip_code(text, inline=False), re.M):
+        name = slug(heading)
+        out.add(f"{name}-{seen[name]}" if name in seen else name)
+        seen[name] = seen.get(name, 0) + 1
+    return out
+
+
+def strip_code(text: str, inline: bool = True) -> str:
+    """The text without fenced code blocks (and without inline code spans when `inline`)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text) if inline else text
+
+
+def broken_links(page) -> list:
+    """Each relative link or image of a Markdown page whose file does not exist, or whose #anchor names no heading
+    of the Markdown file it points to."""
+    bad = []
+    for target in re.findall(r"!?\[[^\]]*\]\(([^)\s]+)(?: +\"[^\"]*\")?\)", strip_code(page.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):  # https:, mailto:, ...
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            bad.append(f"{target} (no such file)")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file.read_text()):
+            bad.append(f"{target} (no such heading in {file.name})")
+    return bad
+
+
+def test_every_link_between_the_pages_leads_somewhere():
+    """Every relative link and image in README.md and docs/*.md points to a file that exists, and an #anchor into
+    a Markdown file names one of its headings."""
+    assert (ROOT / "docs").is_dir() and len(pages()) >= 5
+    bad = {p.relative_to(ROOT).as_posix(): b for p in pages() if (b := broken_links(p))}
+    assert not bad, f"broken links: {bad}"
+
+
+def test_the_link_check_sees_a_broken_link(tmp_path):
+    """The check itself: a missing file, a missing heading and a good link, in a page of its own."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/a.md").write_text("# A page (`a.py`)\n\n## Its part, two\n\n## Its part, two\n")
+    page = tmp_path / "docs/b.md"
+    page.write_text(
+        "# B\n\n[ok](a.md#a-page-apy) [ok](a.md#its-part-two-1) [ok](#b) ![ok](a.md) [web](https://x.org/y)\n"
+        "`[in code](gone.md)`\n\n```bash\n[in a block](gone.md)\n```\n"
+        "[gone](gone.md) [no heading](a.md#its-part-three) ![no image](../gone.png) [no anchor](#c)\n"
+    )
+    assert broken_links(page) == [
+        "gone.md (no such file)",
+        "a.md#its-part-three (no such heading in a.md)",
+        "../gone.png (no such file)",
+        "#c (no such heading in b.md)",
+    ]
