@@ -56,6 +56,7 @@ MEMORY_RUNS = {  # the partially observed setting: mlp and lstm, two seeds each,
 }
 TUNED_RUNS = {  # tune.py's best flags against the defaults at the default length, seed by seed (docs/tune.md)
     "arena_default": "defaults, seed 1",
+    "arena_default_s2": "defaults, seed 2",
     "arena_tuned_s1": "tuned, seed 1",
 }
 TUNED_STYLE = {

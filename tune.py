@@ -352,7 +352,7 @@ def run_trial(study: optuna.Study, args: Args, space: dict, metric: str, out_dir
     code = stop_job(proc) if proc.poll() is None else proc.returncode
     trial.set_user_attr("exit_code", code)
 
-    if STOP["signal"]:
+    if STOP["signal"] and code != 0:  # (a job that finished as the stop came is a completed trial)
         study.tell(trial, state=TrialState.FAIL)
         retry(study, study.get_trials(deepcopy=False)[trial.number])
         print(
