@@ -34,30 +34,20 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 # -- the search space of each script: flag -> log:LOW:HIGH (log-uniform), float:LOW:HIGH, int:LOW:HIGH or cat:A,B,...
+VECTORIZED = {  # the scripts whose environments step in torch on the device: Snake as it is, the Arena plus shaping
+    "learning-rate": "log:2e-4:3e-3",
+    "num-steps": "cat:32,64,128",
+    "num-minibatches": "cat:2,4,8",
+    "update-epochs": "cat:1,2,4",
+    "ent-coef": "log:1e-3:5e-2",
+    "clip-coef": "cat:0.1,0.2,0.3",
+    "gamma": "cat:0.98,0.99,0.995",
+    "gae-lambda": "cat:0.9,0.95,0.98",
+    "vf-coef": "cat:0.25,0.5,1.0",
+}
 SPACES = {
-    "ppo_ddp.py": {
-        "learning-rate": "log:2e-4:3e-3",
-        "num-steps": "cat:32,64,128",
-        "num-minibatches": "cat:2,4,8",
-        "update-epochs": "cat:1,2,4",
-        "ent-coef": "log:1e-3:5e-2",
-        "clip-coef": "cat:0.1,0.2,0.3",
-        "gamma": "cat:0.98,0.99,0.995",
-        "gae-lambda": "cat:0.9,0.95,0.98",
-        "vf-coef": "cat:0.25,0.5,1.0",
-        "reward-shaping": "cat:True,False",
-    },
-    "ppo_ddp_snake.py": {
-        "learning-rate": "log:2e-4:3e-3",
-        "num-steps": "cat:32,64,128",
-        "num-minibatches": "cat:2,4,8",
-        "update-epochs": "cat:1,2,4",
-        "ent-coef": "log:1e-3:5e-2",
-        "clip-coef": "cat:0.1,0.2,0.3",
-        "gamma": "cat:0.98,0.99,0.995",
-        "gae-lambda": "cat:0.9,0.95,0.98",
-        "vf-coef": "cat:0.25,0.5,1.0",
-    },
+    "ppo_ddp.py": {**VECTORIZED, "reward-shaping": "cat:True,False"},
+    "ppo_ddp_snake.py": VECTORIZED,
     "ppo_ddp_gym.py": {
         "learning-rate": "log:1e-4:3e-3",
         "num-steps": "cat:64,128,256",
