@@ -37,7 +37,7 @@ from itertools import pairwise
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # noqa: F401  before init_process_group, or destroy_process_group frees nothing (README)
+import torch.distributed.nn  # noqa: F401  first, or destroy_process_group frees nothing (docs/correctness.md)
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
@@ -431,7 +431,7 @@ def main() -> None:
                     json.dump({"machine": machine, "args": asdict(args), "method": method, **out}, f, indent=1)
         dist.barrier()
     finally:
-        gc.collect()  # free the DDP units (reference cycles) while the process group exists (see README)
+        gc.collect()  # free the DDP units (reference cycles) while the process group exists (docs/unused-parameters.md)
         dist.destroy_process_group()
 
 

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # noqa: F401  before init_process_group, or destroy_process_group frees nothing (README)
+import torch.distributed.nn  # noqa: F401  first, or destroy_process_group frees nothing (docs/correctness.md)
 import torch.nn as nn
 import tyro
 from torch.distributions.categorical import Categorical
@@ -55,17 +55,12 @@ class Args:
     """runs/<run_name>/; empty = <exp_name>__<seed>__<launch id>, the same after a torchrun restart"""
 
     # Algorithm
-    loss: Literal["ppo"] = "ppo"
-    """the loss (compute_loss): PPO's clipped actor and critic losses"""
     total_timesteps: int = 40_000_000
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
-    """boards per rank; 0 = auto: the most (a power of two) that the smallest device of all ranks holds (CPU: 256
-    per thread; GPU: 4096 per GiB, at most 65536) and that still leaves at least 100 updates (the default run on
-    1 GPU: 2048 boards, 152 updates; on 4 GPUs: 512 per rank, 152 updates; on 2 CPU ranks: 256, 610 updates)"""
+    """boards per rank; 0 = auto: what the smallest rank's device holds, leaving >= 100 updates (docs/launching.md)"""
     num_steps: int = 128
-    """steps per board per rollout (per rank batch = num_envs * num_steps); long rollouts keep the 8
-    gradient all-reduces per update small next to the work (2 CPU ranks: 1.75x one with 64, ~1.85x with 128)"""
+    """steps per board per rollout (per-rank batch = num_envs * num_steps; docs/scaling.md on its length)"""
     num_minibatches: int = 4
     """minibatches per epoch; each rank's batch is split the same way, a global minibatch spans all ranks"""
     update_epochs: int = 2
@@ -107,14 +102,11 @@ class Args:
 
     # DDP
     find_unused: Literal["auto", "on", "off"] = "auto"
-    """DDP(find_unused_parameters=...): auto = on exactly when the loss leaves some parameter without a gradient
-    (never here: every output is used; on would only cost a graph traversal). --find-unused and
-    --no-find-unused mean on and off"""
+    """DDP(find_unused_parameters): auto = on iff the loss leaves a parameter unused; --[no-]find-unused = on / off"""
     static_graph: bool = False
     """DDP(static_graph=True)"""
     pin_cpus: bool = True
-    """on CPU, each local rank keeps to its own disjoint share of the CPUs the launcher allows
-    (--no-pin-cpus: the OS places the ranks)"""
+    """on CPU, keep each local rank to its own share of the CPUs the launcher allows (off: the OS places them)"""
     dist_timeout: float = 600.0
     """seconds any collective may wait (e.g. for rank 0's evaluation) before the job fails"""
 
@@ -122,16 +114,13 @@ class Args:
     checkpoint_interval: int = 50
     """updates between checkpoints (0 = only the final model)"""
     eval_interval: int = 50
-    """updates between greedy evaluations on rank 0 (0 = off); other ranks wait for it at their next
-    collective, for as long as eval_episodes episodes take (at most about 2000 steps of eval boards)"""
+    """updates between greedy evaluations on rank 0 (0 = off); the other ranks wait for a local one"""
     eval_episodes: int = 32
     """episodes per evaluation (played in parallel, one per board)"""
     eval_mode: Literal["local", "async", "none"] = "local"
-    """local: rank 0 evaluates in-process; async: a separate process evaluates a saved snapshot while training
-    goes on, and rank 0 logs its results when they arrive; none: no evaluation"""
+    """local: rank 0 evaluates in-process; async: a separate process, training going on; none: no evaluation"""
     resume: bool = False
-    """continue runs/<run_name>/ from its latest checkpoint (also done automatically after a torchrun
-    restart); world size and schedule must match"""
+    """continue runs/<run_name>/ from its newest checkpoint (a restart does so itself); same world size, schedules"""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 runs the forward passes under autocast"""
     compile: bool = False
@@ -151,8 +140,7 @@ class Args:
     render: bool = False
     """with --eval-checkpoint: draw the board in the terminal, frame by frame"""
     capture_video: bool = False
-    """write an animated GIF of one greedy episode with each evaluation (runs/<run_name>/videos/), and with
-    --eval-checkpoint PATH beside PATH (Pillow is imported only then)"""
+    """a GIF of one greedy episode per evaluation in runs/<run_name>/videos/ (with --eval-checkpoint P: beside P)"""
     render_fps: float = 10.0
     """frames per second of --render"""
 
@@ -161,33 +149,27 @@ class ArgError(ValueError):
     """A bad flag or combination: one line on stderr, exit code 2."""
 
 
-# ---------------------------------------------------------------------------------------------------
 # Yours to edit, from Args down to the marked line below: the environment, the agent, the loss. A third script
 # is a copy of this one with this part rewritten. The machinery below that line needs:
-#   Args: the fields it reads (run control, DDP, the sizes, learning_rate, max_grad_norm, target_kl, loss)
+#   Args: the fields it reads (run control, DDP, the sizes, learning_rate, max_grad_norm, target_kl)
 #   Env(num_envs, device, seed, env_id_offset, cfg): vectorized on `device`, its settings read from cfg (bad
 #     ones raise ArgError); .num_envs, .device, .obs_shape, .n_actions, .max_episode_steps; reset() -> obs;
 #     step(actions) -> (obs, reward, done, info) with each finished episode's metrics in info where done, and
 #     auto-reset; state_dict() / load_state_dict() for exact resume
 #   EPISODE_METRICS {info key: tag}; render(env, i) -> str; draw(env, i) -> uint8 image [H, W, 3] (a GIF frame)
 #   BASELINES {name: make(generator) -> policy(env, obs)}
-#   Agent(obs_shape, n_actions, cfg): .initial_state(n, device) -> the memory of n envs at an episode's start,
-#     a tensor [n, ...] (None: no memory); .forward(obs, state=None, done=None, action=None, greedy=False) ->
-#     (action, logprob, entropy, value, state): obs holds T steps of n envs, time-major ([T * n, ...]), state
-#     the memory before the first, done [T * n] flags the obs that begin an episode; the returned state is the
-#     memory after the last step. A memoryless agent ignores state and done and returns state as it came
+#   Agent(obs_shape, n_actions, cfg): .initial_state(n, device) -> the memory [n, ...] of n envs at an episode's
+#     start (None: none); .forward(obs, state=None, done=None, action=None, greedy=False) -> (action, logprob,
+#     entropy, value, state) over T steps of n envs, time-major [T * n, ...] (docs/template.md says more)
 #   make_optimizers(agent, args) -> [optimizer]; schedules_at(args, p) -> {"learning_rate": ..., ...}
 #   rollout_extras(env, args) -> {name: [N] tensor} stored with each step (e.g. a teacher's actions)
 #   compute_advantages(b, next_value, next_done, args) -> (advantages, returns), b holding [T, N] tensors
 #   compute_loss(model, mb, args, coef) -> (loss, [policy, value, entropy, approx_kl, clipfrac]), mb holding a
 #     minibatch's tensors (the rollout's keys, advantages, norm_advantages, returns) and its envs' first "state"
 #   check_args(args): raise ArgError on what cannot train
-# ---------------------------------------------------------------------------------------------------
 
 
-# ---------------------------------------------------------------------------------------------------
-# Environment: Snake, vectorized in torch on the training device
-# ---------------------------------------------------------------------------------------------------
+# == Environment: Snake, vectorized in torch on the training device ==
 # splitmix64 constants as signed int64 (torch has no uint64 arithmetic; int64 multiplication wraps)
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
 _MIX1 = 0xBF58476D1CE4E5B9 - 2**64
@@ -202,15 +184,7 @@ def _mix64(z: torch.Tensor) -> torch.Tensor:
 
 
 class SnakeEnv:
-    """`num_envs` Snake boards stepped together; a finished board restarts at once and returns its new first obs.
-
-    Observation: uint8 [N, 3, size, size], meant to be divided by 255: head; body, each cell's steps until it
-    is free times `unit` (brightest at the head, faintest at the tail); apple.
-    State, one row per board: `life[i, cell]` is the number of steps until that body cell is free, times
-    `unit` (0 = free; the head holds length * unit, the tail `unit`); `head` and `apple` are flat cell
-    indices (row * size + col). Randomness is a counter-based hash of (seed, global board id, draws so far),
-    so a board's episodes depend only on its id and its actions. Rank r's board i has id r * num_envs + i.
-    """
+    """`num_envs` Snake boards stepped together, each restarting at once when it ends (state: docs/snake.md)."""
 
     n_actions = 4
     steps_on = "device"  # vectorized in torch: --num-envs 0 sizes the boards by device memory
@@ -256,8 +230,7 @@ class SnakeEnv:
         return self._obs()
 
     def step(self, actions: torch.Tensor):
-        """Move every snake one cell. Returns obs, reward (float32), done (bool) and episode statistics in
-        `info` (valid where done): episode_return, episode_length, apples, snake_length, won, starved."""
+        """Move every snake one cell: obs, reward, done and in `info` (where done) each episode's statistics."""
         size = self.size
         actions = actions.long()
         self.direction = torch.where(actions == (self.direction + 2) % 4, self.direction, actions)
@@ -281,21 +254,15 @@ class SnakeEnv:
         starved = (self.hunger >= self.max_hunger) & ~dead & ~won
         done = dead | won | starved
         reward = eat * self.reward_apple + dead * self.reward_death
-        info = {
-            "episode_return": (self.length - 3) * self.reward_apple + dead * self.reward_death,
-            "episode_length": self.steps.clone(),
-            "apples": self.length - 3,
-            "snake_length": self.length.clone(),
-            "won": won,
-            "starved": starved,
-        }
+        apples = self.length - 3
+        info = {"episode_return": apples * self.reward_apple + dead * self.reward_death, "apples": apples, "won": won}
+        info |= {"episode_length": self.steps.clone(), "snake_length": self.length.clone(), "starved": starved}
         self._new_episodes(done)
         self._place_apples(eat | done)
         return self._obs(), reward, done, info
 
     def _subset(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, selected) to update the boards in `mask`. Off CPU: all boards, blended by the mask (fixed
-        shapes, no host sync). On CPU: only those boards (one cheap nonzero keeps per-board work small)."""
+        """(rows, selected) of the boards in `mask`: all, blended by it (off CPU: no host sync), or only those."""
         if self._fixed_shapes:
             return self._all, mask
         rows = mask.nonzero().squeeze(1)
@@ -389,8 +356,7 @@ def render(env: SnakeEnv, i: int) -> str:
 
 
 def draw(env: SnakeEnv, i: int) -> np.ndarray:
-    """Board `i` as an RGB image, one pixel per cell and a wall ring: head yellow, body green (brighter towards
-    the head), apple red, walls grey."""
+    """Board `i` as an RGB image, a pixel per cell: head yellow, body green (brighter to the head), apple red."""
     s, life = env.size, env.life[i].view(env.size, env.size).cpu().float()
     image = torch.full((s + 2, s + 2, 3), 90, dtype=torch.uint8)  # the wall ring
     board = image[1:-1, 1:-1]
@@ -403,9 +369,7 @@ def draw(env: SnakeEnv, i: int) -> np.ndarray:
     return image.numpy()
 
 
-# ---------------------------------------------------------------------------------------------------
-# Agent
-# ---------------------------------------------------------------------------------------------------
+# == Agent ==
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -427,8 +391,7 @@ class Agent(nn.Module):
         return None
 
     def forward(self, obs: torch.Tensor, state=None, done=None, action=None, greedy: bool = False):
-        """(action, log-prob, entropy, value, state); samples an action unless one is given. Memoryless: state
-        and done (the contract's, for agents with memory) pass through unused."""
+        """(action, log-prob, entropy, value, state), sampling unless `action` is given; state passes through."""
         hidden = self.trunk(obs.flatten(1).float() / 255.0)  # uint8 channels span [0, 255]
         logits = self.actor(hidden)
         probs = Categorical(logits=logits.float(), validate_args=False)  # fp32 under autocast; NaNs: see update
@@ -441,9 +404,7 @@ def make_optimizers(agent: Agent, args: Args) -> list[torch.optim.Optimizer]:
     return [torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Schedule, advantages, loss (the tests call these very functions)
-# ---------------------------------------------------------------------------------------------------
+# == Schedule, advantages, loss (the tests call these very functions) ==
 def learning_rate_at(args: Args, progress: float) -> float:
     """The learning rate at progress p = global_step / total_timesteps in [0, 1]."""
     p = min(max(progress, 0.0), 1.0)
@@ -456,8 +417,7 @@ def schedules_at(args: Args, p: float) -> dict[str, float]:
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
-    """Advantages and returns (= advantages + rollout values). dones[t] = 1 means obs[t] began a new
-    episode, so nothing flows back across it (CleanRL's convention). Shapes [T, N]."""
+    """Advantages and returns [T, N]; dones[t] = 1: obs[t] began an episode, nothing flows back across it."""
     advantages = torch.zeros_like(rewards)
     last_gae = torch.zeros_like(next_value)
     for t in reversed(range(rewards.shape[0])):
@@ -500,112 +460,78 @@ def compute_loss(model: nn.Module, mb: dict, args: Args, coef: dict[str, float])
 def check_args(args: Args) -> None:
     """What this script's own settings need (the machinery checks the rest)."""
     SnakeEnv(1, "cpu", 0, 0, args)  # the environment checks its own settings
-    checks = [
+    for ok, message in [
         (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must be in [0, 1]"),
         (args.clip_coef > 0 and args.hidden_size > 0, "--clip-coef and --hidden-size must be positive"),
-    ]
-    for ok, message in checks:
+    ]:
         if not ok:
             raise ArgError(message)
 
 
-# ===================================================================================================
-# TRY NOT TO MODIFY: the distributed machinery. Everything from this line to the end of the file is the same,
-# byte for byte, in every PPO script here (tests/test_template.py keeps it so); it needs only the contract
-# stated at the top of the file.
-# ===================================================================================================
+# TRY NOT TO MODIFY: the distributed machinery, the same byte for byte in every PPO script (tests/test_template.py
+# keeps it so). It needs only the contract above; docs/template.md says how each part works and why.
 class StopEveryRank(RuntimeError):
     """A failure every rank raises alike (a checkpoint rank 0 could not write): one line each, exit code 1."""
 
 
-# A stop signal (a scheduler's or torchrun's SIGTERM, SLURM's USR1 warning) only sets this rank's request; the
-# ranks read every request together in the next update's statistics and all stop there, with a checkpoint.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's or torchrun's SIGTERM, SLURM's USR1 warning
 PREEMPTED = 75  # the exit code of a run stopped by a signal, its last update checkpointed: run it again to resume
-stop_request = {"signal": 0}
-
-
-def request_stop(signum: int, _frame) -> None:
-    stop_request["signal"] = signum
+stop_request = {"signal": 0}  # set by a signal; the ranks read every request together in the next update's stats
 
 
 def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
-    """Batch sizes and update count; raises ArgError on anything that cannot train, the environment's and the
-    script's own settings included (check_args). Pure: every rank reaches the same verdict from the same
-    arguments. With --num-envs 0 it checks the rest and returns {}: the sizes wait for agree_num_envs."""
-    for name in ("num_steps", "num_minibatches", "update_epochs", "total_timesteps", "eval_episodes"):
-        if getattr(args, name) <= 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    checks = [
+    """Batch sizes and update count, or ArgError on what cannot train ({} while --num-envs 0 awaits agreement)."""
+    positive = "num_steps num_minibatches update_epochs total_timesteps eval_episodes learning_rate max_grad_norm"
+    for k in positive.split():
+        if getattr(args, k) <= 0:
+            raise ArgError(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
+    batch, steps = args.num_envs * args.num_steps, args.num_envs * args.num_steps * world_size  # 0 for --num-envs 0
+    for ok, message in [
         (args.num_envs >= 0, f"--num-envs must be positive (or 0 = auto), got {args.num_envs}"),
-        (args.learning_rate > 0, "--learning-rate must be positive"),
-        (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
         (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive"),
         (min(args.checkpoint_interval, args.eval_interval) >= 0, "--checkpoint-interval and --eval-interval >= 0"),
         (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
-    ]
-    for ok, message in checks:
+        (batch % args.num_minibatches == 0, f"batch {batch} not divisible by --num-minibatches {args.num_minibatches}"),
+        (args.total_timesteps >= steps, f"--total-timesteps {args.total_timesteps} is below one update's global batch"),
+    ]:
         if not ok:
             raise ArgError(message)
     check_args(args)
-    if args.num_envs == 0:
+    if not batch:
         return {}
-    batch = args.num_envs * args.num_steps
-    if batch % args.num_minibatches:
-        raise ArgError(
-            f"per-rank batch num_envs*num_steps={batch} is not divisible by --num-minibatches {args.num_minibatches}"
-        )
-    if args.total_timesteps < batch * world_size:
-        raise ArgError(
-            f"--total-timesteps {args.total_timesteps} is below one update's global batch "
-            f"({args.num_envs} envs x {args.num_steps} steps x {world_size} ranks = {batch * world_size})"
-        )
-    return {
-        "world_size": world_size,
-        "batch_size_per_rank": batch,
-        "global_batch_size": batch * world_size,
-        "minibatch_size_per_rank": batch // args.num_minibatches,
-        "num_updates": args.total_timesteps // (batch * world_size),
-    }
+    mb, updates = batch // args.num_minibatches, args.total_timesteps // steps
+    sizes = {"world_size": world_size, "batch_size_per_rank": batch, "global_batch_size": steps}
+    return {**sizes, "minibatch_size_per_rank": mb, "num_updates": updates}
 
 
-# ---------------------------------------------------------------------------------------------------
-# Rollout and update
-# ---------------------------------------------------------------------------------------------------
+# == Rollout and update ==
 @torch.inference_mode()
-def rollout(policy, env, loop: dict, args: Args) -> tuple[dict, torch.Tensor, dict, torch.Tensor | None]:
-    """num_steps steps of every env with the plain module (no DDP, no gradients). Returns the batch [T, N, ...],
-    the value of the last obs, each episode metric summed over the episodes (games) that ended (on the device), and the
-    agent's memory at the first step (None: it has none), from which the update replays the rollout."""
-    state0 = loop["next_state"]
-    T, N, dev = args.num_steps, env.num_envs, loop["next_obs"].device
-    step = lambda: policy(loop["next_obs"], loop["next_state"], loop["next_done"])  # noqa: E731
-    b = {"obs": torch.zeros((T, *loop["next_obs"].shape), dtype=loop["next_obs"].dtype, device=dev)}
+def rollout(policy, env, carry: dict, args: Args) -> tuple[dict, torch.Tensor, dict, dict]:
+    """num_steps steps of every env: the batch [T, N, ...], next value, the ended games' summed metrics, the carry."""
+    obs, done, state = carry["next_obs"], carry["next_done"], carry["next_state"]
+    T, N, dev = args.num_steps, env.num_envs, obs.device
+    b = {"obs": torch.zeros((T, *obs.shape), dtype=obs.dtype, device=dev)}
     b.update({k: torch.zeros((T, N), device=dev) for k in ("actions", "logprobs", "values", "rewards", "dones")})
     ep = {k: torch.zeros((), device=dev) for k in ("episodes", *EPISODE_METRICS)}
     with torch.autocast(dev.type, torch.bfloat16, enabled=args.precision == "bf16"):
         for t in range(T):
-            b["obs"][t], b["dones"][t] = loop["next_obs"], loop["next_done"]
+            b["obs"][t], b["dones"][t] = obs, done
             for k, v in rollout_extras(env, args).items():
                 b.setdefault(k, torch.zeros((T, *v.shape), dtype=v.dtype, device=dev))[t] = v
-            action, logprob, _, value, loop["next_state"] = step()  # the memory (if any) goes on with the env
+            action, logprob, _, value, state = policy(obs, state, done)  # the memory (if any) goes on with the env
             b["values"][t], b["actions"][t], b["logprobs"][t] = value.float(), action, logprob.float()
-            loop["next_obs"], b["rewards"][t], done, info = env.step(action)
-            loop["next_done"] = done.float()
-            ended = info.get("game_over", done)  # a lost life ends the value target, a game the episode metrics
-            ep["episodes"] += ended.sum()
+            obs, b["rewards"][t], ended, info = env.step(action)
+            done = ended.float()
+            game_over = info.get("game_over", ended)  # a lost life ends the value target, a game the metrics
+            ep["episodes"] += game_over.sum()
             for k in EPISODE_METRICS:
-                ep[k] += torch.where(ended, info[k], 0).sum()
-        next_value = step()[3].float()
-    return b, next_value, ep, state0
+                ep[k] += torch.where(game_over, info[k], 0).sum()
+        next_value = policy(obs, state, done)[3].float()
+    return b, next_value, ep, {"next_obs": obs, "next_done": done, "next_state": state}
 
 
 def minibatches(n: int, num_minibatches: int, gen: torch.Generator, num_envs: int = 0) -> list[torch.Tensor]:
-    """One epoch's minibatch indices into a flat batch of n samples, time-major (sample t * N + i: env i at step
-    t), on the generator's device (no host copy). Every rank draws the same permutation (a generator seeded
-    alike) of its own batch, so global minibatch k is the union of the ranks' k-th minibatches. For an agent
-    with memory (num_envs = N) the permutation is of envs: a minibatch holds whole envs, every step of each,
-    time-major, so its first entries are the envs themselves."""
+    """One epoch's indices into a flat time-major batch, the same permutation on every rank (of envs if num_envs)."""
     if not num_envs:
         perm, size = torch.randperm(n, generator=gen, device=gen.device), n // num_minibatches
         return [perm[i : i + size] for i in range(0, n, size)]
@@ -615,15 +541,13 @@ def minibatches(n: int, num_minibatches: int, gen: torch.Generator, num_envs: in
 
 
 def minibatch(b: dict, mb: torch.Tensor, state0: torch.Tensor | None) -> dict:
-    """The tensors of minibatch mb; "state": the memory its envs began the rollout with (None: no memory). A
-    minibatch of whole envs is time-major, so its first len(mb) / T indices are the envs themselves."""
+    """The tensors of minibatch mb and "state", the memory its envs (its first len(mb) / T indices) began with."""
     envs = None if state0 is None else mb[: len(mb) * len(state0) // len(b["obs"])]
     return {**{k: v[mb] for k, v in b.items()}, "state": None if envs is None else state0[envs]}
 
 
 def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch.Tensor:
-    """adv normalized with the mean and (unbiased) std of each global minibatch, i.e. every rank's k-th
-    minibatch joined: one all-reduce of per-minibatch sums for the whole epoch, not one per minibatch."""
+    """adv normalized by each global minibatch's mean and std: one all-reduce of sums for the whole epoch."""
     x = adv.double()
     s = torch.stack([torch.stack([x[mb].sum(), (x[mb] * x[mb]).sum(), x.new_tensor(float(len(mb)))]) for mb in mbs])
     dist.all_reduce(s)
@@ -636,14 +560,10 @@ def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch
 
 
 def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: torch.Generator, state0=None):
-    """update_epochs passes of compute_loss over this rank's batch `b` (flat tensors, time-major), in the same
-    minibatches on every rank; b["norm_advantages"] holds the advantages normalized per global minibatch. An
-    agent with memory replays whole envs from state0, their memory at the rollout's start. `model` is the DDP
-    wrapper, so each backward averages the gradients over ranks. Returns the losses averaged over minibatches
-    and ranks."""
+    """update_epochs passes of compute_loss through the DDP `model`; the losses averaged over minibatches and ranks."""
     sums = torch.zeros(6, device=b["obs"].device)  # policy, value, entropy, approx_kl, clipfrac, minibatches
     for _epoch in range(args.update_epochs):
-        epoch_kl = torch.zeros(2, device=sums.device)
+        before = sums.clone()
         mbs = minibatches(b["obs"].shape[0], args.num_minibatches, gen, 0 if state0 is None else len(state0))
         epoch_b = {**b, "norm_advantages": normalize_per_minibatch(b["advantages"], mbs)}
         for mb in mbs:
@@ -657,12 +577,11 @@ def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: to
                 raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}) at loss {loss.item()}")
             for opt in optimizers:
                 opt.step()
-            one = torch.ones((), device=sums.device)
-            sums += torch.stack([*stats, one]).detach().float()
-            epoch_kl += torch.stack([stats[3].detach().float(), one])
+            sums += torch.stack([*stats, torch.ones_like(stats[0])]).detach().float()
         if args.target_kl is not None:  # decided together: the mean KL of this epoch over all ranks
-            dist.all_reduce(epoch_kl)
-            if (epoch_kl[0] / epoch_kl[1]).item() > args.target_kl:
+            epoch = sums - before
+            dist.all_reduce(epoch)
+            if (epoch[3] / epoch[5]).item() > args.target_kl:
                 break
     if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():  # identical on every rank
         raise FloatingPointError("non-finite weights after the update")
@@ -672,8 +591,7 @@ def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: to
 
 
 def unused_parameters(agent: nn.Module, env, obs: torch.Tensor, args: Args) -> list[str]:
-    """Names of the parameters the loss gives no gradient (DDP refuses those without find_unused_parameters),
-    found by autograd on a few observations."""
+    """Names of the parameters the loss gives no gradient (DDP refuses them without find_unused_parameters)."""
     n = min(8, obs.shape[0])
     zeros = torch.zeros(n, device=obs.device)
     mb = {k: zeros for k in ("logprobs", "values", "advantages", "norm_advantages", "returns", "dones")}
@@ -685,55 +603,27 @@ def unused_parameters(agent: nn.Module, env, obs: torch.Tensor, args: Args) -> l
     return [name for name, g in zip(names, grads, strict=True) if g is None]
 
 
-def explained_variance(b: dict) -> torch.Tensor:
-    var_y = b["returns"].var()
-    return 1 - (b["returns"] - b["values"]).var() / var_y if var_y > 0 else torch.zeros((), device=var_y.device)
-
-
-# ---------------------------------------------------------------------------------------------------
-# What the ranks agree on: CPU shares, sizes, the run directory, checkpoints, weights, statistics. Rank 0
-# alone touches the run directory and the others receive its verdict. Every collective gets tensors on the
-# training device (one backend, NCCL on GPUs, which takes nothing else); object collectives move their bytes
-# there themselves.
-# ---------------------------------------------------------------------------------------------------
+# == What the ranks agree on; every collective gets tensors on the training device ==
 AUTO_MIN_UPDATES = 100  # --num-envs 0 picks no more envs than leave this many updates
 FEW_UPDATES = 10  # a run with fewer updates than this cannot learn much: the start-up warns
 
 
-def cpu_share(allowed: list[int], local_rank: int, local_world: int) -> list[int]:
-    """This local rank's CPUs: an equal, disjoint, contiguous slice of those the launcher allows (one CPU,
-    shared round-robin, when there are fewer CPUs than local ranks)."""
-    if len(allowed) < local_world:
-        return [allowed[local_rank % len(allowed)]]
-    per = len(allowed) // local_world
-    return allowed[local_rank * per : (local_rank + 1) * per]
-
-
 def allowed_cpus() -> list[int]:
-    """The CPUs the launcher lets this process use."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
-def pin_to_share(pin: bool, local_rank: int, local_world: int) -> list[int]:
-    """Pin this thread, and the torch threads it starts from now on, to its local rank's share of the allowed CPUs
-    (if `pin`); returns the CPUs it runs on. Called after init_process_group: gloo's threads, started there, keep
-    every allowed CPU. Pinned beside the rank's own thread they made an all-reduce of the Snake model's gradient
-    8x slower on a 2-vCPU VM (median 3.4 ms, against 0.4 ms with this thread alone pinned and 0.5 ms unpinned)."""
-    allowed = allowed_cpus()
-    cpus = cpu_share(allowed, local_rank, local_world) if pin and hasattr(os, "sched_setaffinity") else allowed
-    if cpus != allowed:
-        os.sched_setaffinity(0, cpus)  # pid 0: the calling thread alone (Linux); threads it starts inherit it
-    return cpus
+def cpu_share(allowed: list[int], local_rank: int, local_world: int) -> list[int]:
+    """This local rank's equal, disjoint, contiguous slice of the allowed CPUs (one, round-robin, if too few)."""
+    per = max(1, len(allowed) // local_world)
+    return allowed[local_rank * per % len(allowed) :][:per]
 
 
 def device_num_envs(device: torch.device, local_world: int) -> int:
-    """How many envs this rank's hardware holds. Stepped on the CPU (Env.steps_on == "cpu"): one per CPU of the
-    rank's share of its node. Stepped on the device: CPU 256 per torch thread; GPU 4096 per GiB, at most 65536."""
+    """How many envs this rank's hardware holds: a CPU core each (steps_on "cpu"), else by device memory."""
     if Env.steps_on == "cpu":
-        return max(1, len(allowed_cpus()) // local_world)
-    if device.type == "cuda":
-        gib = torch.cuda.get_device_properties(device).total_memory / 2**30
-        return int(min(65536, 4096 * max(1, int(gib))))
+        return len(cpu_share(allowed_cpus(), 0, local_world))
+    if device.type == "cuda":  # 4096 per GiB, at most 65536
+        return min(65536, 4096 * max(1, torch.cuda.get_device_properties(device).total_memory // 2**30))
     return 256 * torch.get_num_threads()
 
 
@@ -743,41 +633,59 @@ def auto_num_envs(cap: int, args: Args, world_size: int) -> int:
     return 1 << (max(1, min(cap, fit)).bit_length() - 1)
 
 
-def agree_num_envs(args: Args, device: torch.device, world_size: int, local_world: int) -> int:
-    """--num-envs, or for 0 the auto choice for the smallest device (or node) of all ranks: a collective every
-    rank reaches, so all get the same batch sizes, update count and env ids whatever their own hardware."""
+def agree_num_envs(args: Args, device: torch.device, local_world: int) -> int:
+    """--num-envs, or for 0 the auto choice for the smallest device (or node) of all ranks."""
     cap = torch.tensor([device_num_envs(device, local_world)], device=device)
     dist.all_reduce(cap, op=dist.ReduceOp.MIN)
-    return args.num_envs or auto_num_envs(int(cap.item()), args, world_size)
+    return args.num_envs or auto_num_envs(int(cap.item()), args, dist.get_world_size())
+
+
+def on_rank0(fn, *args):
+    """fn(*args) run by rank 0 alone; its result, or the ArgError or StopEveryRank it raised, given to every rank."""
+    out = [None, None]
+    if dist.get_rank() == 0:
+        try:
+            out[0] = fn(*args)
+        except (ArgError, StopEveryRank) as e:
+            out[1] = e
+    dist.broadcast_object_list(out, src=0)
+    if out[1] is not None:
+        raise out[1]
+    return out[0]
 
 
 def agree_run_name(args: Args) -> str:
-    """--run-name, or <exp_name>__<loss>__<seed>__<id>: the SLURM job id, else torchrun's run id (each the same
-    after a requeue or a restart, so the run finds its checkpoints), else the clock; rank 0's, broadcast."""
+    """--run-name, or <exp_name>__<seed>__<the SLURM job id, else torchrun's run id, else the clock>: rank 0's."""
     launch = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "")[:8] or int(time.time())
-    name = [args.run_name or f"{args.exp_name}__{args.loss}__{args.seed}__{launch}"]
-    dist.broadcast_object_list(name, src=0)
-    return name[0]
+    return on_rank0(lambda: args.run_name or f"{args.exp_name}__{args.seed}__{launch}")
 
 
-def gather_to_rank0(obj, rank: int, world_size: int) -> list | None:
+def gather_to_rank0(obj) -> list | None:
     """Every rank's `obj`, as a list indexed by rank, on rank 0 alone (None elsewhere)."""
-    everyone = [None] * world_size if rank == 0 else None
+    everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(obj, everyone, dst=0)
     return everyone
 
 
-def gather_stats(stats: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+def gather_stats(stats: dict, device: torch.device) -> dict[str, list[float]]:
     """Every rank's value of each named scalar, by name (one all_gather, one host copy)."""
-    mine = torch.stack([v.float().reshape(()) for v in stats.values()])
+    mine = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in stats.values()])
     everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, mine)
     return dict(zip(stats, torch.stack(everyone, 1).tolist(), strict=True))
 
 
+def reduce_stats(stats: dict[str, list[float]]) -> dict[str, float]:
+    """What rank 0 logs of every rank's statistics: means over all ranks' episodes, the slowest rank's times."""
+    episodes = sum(stats["episodes"])
+    row = {tag: sum(stats[k]) / episodes for k, tag in EPISODE_METRICS.items() if episodes}
+    row |= {f"time/{k}": max(stats[k]) for k in ("rollout_s", "update_s")}
+    explained = sum(stats["explained_variance"]) / len(stats["explained_variance"])  # the ranks' mean
+    return {**row, "charts/episodes": episodes, "losses/explained_variance": explained}
+
+
 def check_identical(agent: nn.Module, when: str) -> None:
-    """All ranks hold bit-identical weights: rank 0's raw bytes are broadcast and compared exactly (a float
-    checksum would depend on each rank's thread count). Names the ranks that differ."""
+    """All ranks hold bit-identical weights (rank 0's raw bytes, broadcast and compared); names those that differ."""
     raw = torch.cat([p.detach().reshape(-1).view(torch.uint8) for p in agent.parameters()])
     ref = raw.clone()
     dist.broadcast(ref, 0)
@@ -785,129 +693,102 @@ def check_identical(agent: nn.Module, when: str) -> None:
     differ[dist.get_rank()] = int(not torch.equal(raw, ref))
     dist.all_reduce(differ)
     if differ.any():
-        ranks = differ.nonzero().flatten().tolist()
-        raise RuntimeError(f"parameters differ across ranks {when}: rank(s) {ranks} differ from rank 0")
+        raise RuntimeError(f"parameters differ across ranks {when}: rank(s) {differ.nonzero().flatten().tolist()}")
 
 
 def clock(device: torch.device) -> float:
-    """time.perf_counter() once the device has done its queued work (CUDA runs asynchronously)."""
+    """time.perf_counter() once the device has done its queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
 
 
-# ---------------------------------------------------------------------------------------------------
-# Checkpoints: rank 0 writes one file holding the shared state and every rank's own part
-# ---------------------------------------------------------------------------------------------------
+# == Checkpoints: one file by rank 0, the shared state and "ranks", each rank's own part ==
 MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
-PER_RANK = ("env", "rng", "next_obs", "next_done", "next_state")  # a checkpoint holds these as lists by rank
-SHARED = ("optimizers", "update", "global_step", "minibatch_rng", *MODEL_KEYS)  # and these once
-CHECKPOINT_KEYS = (*SHARED, *PER_RANK)
-# Args that may differ when a run is resumed; every other field must equal the checkpoint's.
-RESUME_MAY_CHANGE = (
-    "exp_name run_name torch_deterministic cuda track wandb_project_name find_unused hack static_graph pin_cpus "
+CHECKPOINT_KEYS = (*MODEL_KEYS, "optimizers", "update", "global_step", "minibatch_rng", "ranks")
+RESUME_MAY_CHANGE = (  # Args that may differ when a run is resumed; every other field must equal the checkpoint's
+    "exp_name run_name torch_deterministic cuda track wandb_project_name find_unused static_graph pin_cpus "
     "dist_timeout checkpoint_interval eval_interval eval_episodes eval_mode resume precision compile "
     "print_interval bench_env eval_checkpoint eval_json baseline render render_fps"
 ).split()
 
 
-def checkpoint_state(agent, optimizers, env, minibatch_gen, loop: dict, meta: dict, device) -> tuple[dict, dict]:
-    """(shared, this rank's part): everything every rank needs to continue exactly. restore_state reads it."""
-    shared = {
-        "model": agent.state_dict(),
-        "optimizers": [o.state_dict() for o in optimizers],
-        "update": loop["update"],
-        "global_step": loop["global_step"],
-        "minibatch_rng": minibatch_gen.get_state(),
-        **meta,
-    }
-    mine = {"env": env.state_dict(), "rng": rng_state(device), "next_obs": loop["next_obs"]}
-    return shared, {**mine, "next_done": loop["next_done"], "next_state": loop["next_state"]}
+def checkpoint_state(agent, optimizers, minibatch_gen, env, carry: dict, counters: dict, meta: dict) -> tuple:
+    """(the shared state, this rank's part): everything to continue exactly; restore_state reads it back."""
+    shared = {"model": agent.state_dict(), "optimizers": [o.state_dict() for o in optimizers], **counters, **meta}
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    rng |= {"cuda": torch.cuda.get_rng_state(env.device)} if env.device.type == "cuda" else {}  # its own GPU's
+    mine = {"env": env.state_dict(), "rng": rng, **carry}
+    return {**shared, "minibatch_rng": minibatch_gen.get_state()}, mine
 
 
-def restore_state(state: dict, agent, optimizers, env, minibatch_gen, loop: dict, device) -> None:
-    """The inverse of checkpoint_state, key for key; envs whose state was not saved (None) keep their fresh episodes."""
+def restore_state(state: dict, agent, optimizers, minibatch_gen, env, carry: dict) -> dict:
+    """checkpoint_state's inverse; returns the carry (envs that saved no state, None, keep their fresh episodes)."""
     agent.load_state_dict(state["model"])
     for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(opt_state)
-    loop.update(update=state["update"], global_step=state["global_step"])
     minibatch_gen.set_state(state["minibatch_rng"])
-    set_rng_state(state["rng"], device)
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    if "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], env.device)
     if state["env"] is not None:
         env.load_state_dict(state["env"])
-        loop.update(next_obs=state["next_obs"].to(device), next_done=state["next_done"].to(device))
-        loop["next_state"] = None if state["next_state"] is None else state["next_state"].to(device)
+        carry = {k: None if state[k] is None else state[k].to(env.device) for k in carry}
+    return carry
 
 
-def rng_state(device: torch.device) -> dict:
-    """This rank's random state: CPU generators and, on a GPU, its own device's (not every visible GPU's)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def save_checkpoint(path: Path, shared: dict, mine: dict) -> None:
+    """Rank 0 writes the shared state and every rank's part as one file, atomically; a failed write stops all."""
+    ranks = gather_to_rank0(to_cpu(mine))
 
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def save_checkpoint(path: Path, shared: dict, per_rank: dict, rank: int, world_size: int) -> None:
-    """Rank 0 writes the shared state and every rank's own part (gathered to rank 0 alone) as one file,
-    atomically; key k of PER_RANK becomes a list indexed by rank. A failed write stops every rank alike."""
-    everyone, error = gather_to_rank0(to_cpu(per_rank), rank, world_size), [None]
-    if rank == 0:
+    def write() -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save({**shared, **{k: [r[k] for r in everyone] for k in PER_RANK}}, path)
+            atomic_save({**shared, "ranks": ranks}, path)
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-            error[0] = f"cannot write checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}"
-    dist.broadcast_object_list(error, src=0)  # every rank stops alike; the earlier checkpoints stay loadable
-    if error[0]:
-        raise StopEveryRank(error[0])
+            why = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            raise StopEveryRank(f"cannot write checkpoint {path}: {why}") from None
+
+    on_rank0(write)  # every rank stops alike; the earlier checkpoints stay loadable
 
 
-def restore_checkpoint(run_dir: Path, args: Args, rank: int, world_size: int) -> dict | None:
-    """What this rank resumes from: None for a fresh run, else the shared state and this rank's own part.
-    Rank 0 alone reads the run directory and decides; the others receive its verdict (the same error on every
-    rank) and their part, so no rank acts on its own disk."""
-    verdict, parts = [None], None
-    if rank == 0:
-        verdict[0], parts = read_run_dir(run_dir, args, world_size)
-    dist.broadcast_object_list(verdict, src=0)
-    if isinstance(verdict[0], str):
-        raise ArgError(verdict[0])
-    if verdict[0] is None:
-        return None
-    mine = [None]
-    dist.scatter_object_list(mine, parts, src=0)
-    return {**verdict[0], **mine[0]}
+def restore_checkpoint(run_dir: Path, args: Args) -> dict | None:
+    """What this rank resumes from (None: a fresh run): rank 0 reads the run directory, the others get its verdict."""
+    ckpt = {}
+
+    def read() -> dict | None:
+        ckpt.update(read_run_dir(run_dir, args) or {})
+        return {k: v for k, v in ckpt.items() if k != "ranks"} or None
+
+    shared, mine = on_rank0(read), [None]
+    if shared is not None:
+        dist.scatter_object_list(mine, ckpt.get("ranks"), src=0)
+    return shared and {**shared, **mine[0]}
 
 
-def read_run_dir(run_dir: Path, args: Args, world_size: int) -> tuple[dict | str | None, list | None]:
-    """Rank 0's half of restore_checkpoint: (shared state, parts by rank), (error, None) or (None, None) = fresh.
-    A run already there is continued only with --resume or after a torchrun restart, from its newest usable
-    checkpoint, and only with the same world size and every Args field outside RESUME_MAY_CHANGE. A restart
-    (torchrun's, or a requeued SLURM job's) continues without --resume."""
+def read_run_dir(run_dir: Path, args: Args) -> dict | None:
+    """Rank 0's verdict: the newest usable checkpoint to continue (with "path"), None for a fresh run, or ArgError."""
     restarts = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")  # torchrun restarted the group, SLURM the job
-    restarted = any(int(os.environ.get(k) or 0) > 0 for k in restarts)
-    if not (args.resume or restarted):
+    if not (args.resume or any(int(os.environ.get(k) or 0) > 0 for k in restarts)):
         if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
-            return f"{run_dir} already holds a run: continue it with --resume, or choose another --run-name", None
-        return None, None
-    found = load_latest_checkpoint(run_dir)
-    if found is None:
-        return (f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}" if args.resume else None), None
-    path, ckpt = found
-    saved, now = {**ckpt["args"], "world_size": ckpt["world_size"]}, {**asdict(args), "world_size": world_size}
-    for k in now:
-        if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k]:
-            return f"{path} was written with {k}={saved.get(k)}; resume with the same value", None
-    shared = {k: v for k, v in ckpt.items() if k not in PER_RANK}
-    return {**shared, "path": str(path)}, [{k: ckpt[k][r] for k in PER_RANK} for r in range(world_size)]
+            raise ArgError(f"{run_dir} already holds a run: continue it with --resume, or choose another --run-name")
+        return None
+    for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
+        try:
+            ckpt = load_checkpoint(path, CHECKPOINT_KEYS)
+        except ArgError as e:  # truncated or corrupt: the one before it
+            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+            continue
+        saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
+        for k, v in {**asdict(args), "world_size": dist.get_world_size()}.items():
+            if k not in RESUME_MAY_CHANGE and saved.get(k) != v:
+                raise ArgError(f"{path} was written with {k}={saved.get(k)}; resume with the same value")
+        return {**ckpt, "path": str(path)}
+    if args.resume:
+        raise ArgError(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}")
+    return None
 
 
 def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
@@ -922,62 +803,40 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
     return ckpt
 
 
-def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads; a truncated or corrupt one is reported and the previous one used."""
-    for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
-        try:
-            return path, load_checkpoint(path, CHECKPOINT_KEYS)
-        except ArgError as e:
-            print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
-    return None
-
-
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a crash or a failed write never leaves a torn file."""
+    """torch.save (text: write) to a temporary name, then rename: a reader sees the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(obj, tmp)
+        tmp.write_text(obj) if isinstance(obj, str) else torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if tmp.is_file():  # the write failed (disk full) or was interrupted (SIGTERM)
             tmp.unlink()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def to_cpu(x):
     """A copy of nested dicts of tensors with every tensor on the CPU."""
-    if isinstance(x, dict):
-        return {k: to_cpu(v) for k, v in x.items()}
-    return x.cpu() if torch.is_tensor(x) else x
+    return {k: to_cpu(v) for k, v in x.items()} if isinstance(x, dict) else x.cpu() if torch.is_tensor(x) else x
 
 
-# ---------------------------------------------------------------------------------------------------
-# Evaluation: episodes in envs of their own, in-process (rank 0) or in a separate process
-# ---------------------------------------------------------------------------------------------------
+# == Evaluation: episodes in envs of their own, in-process (rank 0) or in a separate process ==
+EVAL_SEED = 1_000_003  # evaluation envs are seeded with seed + EVAL_SEED, apart from every training env
+MAX_VIDEO_FRAMES = 1000  # a GIF holds at most this many steps of an episode
+
+
 @torch.inference_mode()
-def evaluate(
-    policy, args: Args, device, episodes: int, seed: int, render_to=None, frames=None, time_limit: float = math.inf
-) -> dict[str, float]:
-    """One episode (game) in each of `episodes` envs played together; `policy(env, obs)` returns actions. The mean
-    of each episode metric over the episodes that ended within `time_limit` seconds and before a stop signal ({}
-    if none did); `render_to(text)` shows env 0 frame by frame (and ends the play with its episode); `frames` (a
-    list) receives env 0's images until its episode ends, at most MAX_VIDEO_FRAMES."""
-    deadline = time.monotonic() + time_limit
-    env = Env(episodes, device, seed, 0, args)
+def evaluate(policy, args: Args, episodes: int, *, device="cpu", show=None, frames=None, limit=math.inf) -> dict:
+    """Mean metrics of `episodes` games of policy(env, obs) ended within `limit` s; show renders, frames saves."""
+    deadline = time.monotonic() + limit
+    env = Env(episodes, device, args.seed + EVAL_SEED, 0, args)
     obs, finished, timed_out = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device), False
     totals = {k: torch.zeros(episodes, device=device) for k in EPISODE_METRICS}
     if frames is not None:
         frames.append(draw(env, 0))
     for _ in range(env.max_episode_steps):
         obs, _, done, info = env.step(policy(env, obs))
-        if render_to:
-            render_to(render(env, 0))
+        if show:
+            show(render(env, 0))
         if frames is not None and not finished[0] and len(frames) < MAX_VIDEO_FRAMES:
             frames.append(draw(env, 0))  # a host copy per step: evaluation only, and only when asked
         ended = info.get("game_over", done)
@@ -985,22 +844,18 @@ def evaluate(
             v.copy_(torch.where(ended & ~finished, info[k].float(), v))
         finished |= ended
         timed_out = time.monotonic() > deadline or stop_request["signal"]  # a stop signal cuts it short too
-        if finished.all() or (render_to and finished[0]) or timed_out:
+        if finished.all() or (show and finished[0]) or timed_out:
             break
     n = int(finished.sum())
-    if n < episodes and not render_to:
-        stop = "by a signal" if stop_request["signal"] else f"at its time limit ({time_limit:g} s)"
+    if n < episodes and not show:
+        stop = "by a signal" if stop_request["signal"] else f"at its time limit ({limit:g} s)"
         why = f"stopped {stop}" if timed_out else f"ran {env.max_episode_steps} steps"
         print(f"warning: the evaluation {why}: {n} of {episodes} episodes ended", file=sys.stderr)
     return {f"eval/{k}": (v.sum() / n).item() for k, v in totals.items()} if n else {}
 
 
-MAX_VIDEO_FRAMES = 1000  # a GIF holds at most this many steps of an episode
-
-
 def save_gif(frames: list, path: Path, fps: float = 15.0) -> None:
-    """Frames (uint8 [H, W, 3]) as an animated GIF, scaled up by a whole factor to at least 240 pixels across;
-    written atomically. Pillow is imported here only."""
+    """Frames (uint8 [H, W, 3]) as a GIF at least 240 pixels across, written atomically (Pillow imported here)."""
     from PIL import Image
 
     scale = max(1, -(-240 // frames[0].shape[1]))
@@ -1012,14 +867,12 @@ def save_gif(frames: list, path: Path, fps: float = 15.0) -> None:
 
 
 def greedy(agent: nn.Module):
-    """policy(env, obs) of the agent's greedy actions, its memory (if any) carried from step to step. evaluate
-    counts each env's first episode only, so the memory never needs resetting."""
+    """policy(env, obs) of the agent's greedy actions, its memory carried on (evaluate counts first episodes only)."""
     memory = {}
 
     def policy(env, obs: torch.Tensor) -> torch.Tensor:
         state = memory["state"] if memory else agent.initial_state(env.num_envs, obs.device)
-        done = torch.zeros(env.num_envs, device=obs.device)
-        action, *_, memory["state"] = agent(obs, state, done, greedy=True)
+        action, *_, memory["state"] = agent(obs, state, torch.zeros(env.num_envs, device=obs.device), greedy=True)
         return action
 
     return policy
@@ -1031,7 +884,7 @@ def play(args: Args) -> int:
         train_args, name, policy = args, args.baseline, BASELINES[args.baseline](torch.Generator().manual_seed(1))
     else:
         ckpt = load_checkpoint(Path(args.eval_checkpoint))
-        train_args, name = Args(**ckpt["args"]), "greedy"
+        train_args, name = Args(**{**ckpt["args"], "seed": args.seed}), "greedy"
         agent = Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], train_args)
         agent.load_state_dict(ckpt["model"])
         policy = greedy(agent.eval())
@@ -1040,8 +893,8 @@ def play(args: Args) -> int:
         print("\033[H\033[J" + frame, flush=True)
         time.sleep(1.0 / args.render_fps)
 
-    episodes, frames, device = 1 if args.render else args.eval_episodes, [] if args.capture_video else None, "cpu"
-    stats = evaluate(policy, train_args, device, episodes, args.seed + 1_000_003, show if args.render else None, frames)
+    episodes, frames = 1 if args.render else args.eval_episodes, [] if args.capture_video else None
+    stats = evaluate(policy, train_args, episodes, show=show if args.render else None, frames=frames)
     if frames:  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
         video = Path(args.eval_json or args.eval_checkpoint or f"baseline_{name}").with_suffix(".gif")
         save_gif(frames, video)
@@ -1050,40 +903,27 @@ def play(args: Args) -> int:
     others = ", ".join(f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest)  # the first metric is the headline
     print(f"{episodes} {name} episodes: {words(first)} per episode {stats['eval/' + first]:.2f} ({others})")
     if args.eval_json:  # an async evaluation: rank 0 reads this file once this process has ended
-        fault = os.environ.get("PPO_DDP_FAULT", "")  # test seam: eval-crash, eval-hang
-        if fault == "eval-crash":
-            raise RuntimeError("injected fault in the evaluation process")
-        if fault == "eval-hang":
-            time.sleep(3600)
-        atomic_write_text(Path(args.eval_json), json.dumps(stats))
+        atomic_save(json.dumps(stats), Path(args.eval_json))
     return 0
 
 
-def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, loop: dict, args: Args) -> dict:
-    """Snapshot the policy and evaluate it in a separate process (its output goes to a .log in run_dir/eval/);
-    collect_async_evals reads its JSON once the process has ended."""
-    eval_dir = run_dir / "eval"
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    snapshot = eval_dir / f"policy_{loop['update']:08d}.pt"
+def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, update: int, step: int, args: Args) -> dict:
+    """Evaluate a snapshot of the policy in a separate process (its log in run_dir/eval/)."""
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    snapshot, out = run_dir / f"eval/policy_{update:08d}.pt", run_dir / f"eval/update_{update:08d}_step_{step}.json"
     atomic_save({"model": agent.state_dict(), **meta}, snapshot)
-    out = eval_dir / f"update_{loop['update']:08d}_step_{loop['global_step']}.json"
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("TORCHELASTIC")}
     flags = [f"--eval-checkpoint={snapshot}", f"--eval-json={out}", f"--eval-episodes={args.eval_episodes}"]
-    flags += ["--capture-video"] if args.capture_video else []
-    log = out.with_suffix(".log")
-    with open(log, "w") as f:  # the child keeps its own handle
-        cmd = [sys.executable, os.path.abspath(__file__), *flags, f"--seed={args.seed}"]
+    flags += [f"--seed={args.seed}", *(["--capture-video"] if args.capture_video else [])]
+    with open(out.with_suffix(".log"), "w") as f:  # the child keeps its own handle
+        cmd = [sys.executable, os.path.abspath(__file__), *flags]
         proc = subprocess.Popen(cmd, env={**env, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT)
-    video = run_dir / "videos" / f"update_{loop['update']:08d}.gif"
-    return {"proc": proc, "json": out, "log": log, "step": loop["global_step"], "video": video}
+    return {"proc": proc, "json": out, "step": step, "video": run_dir / "videos" / f"update_{update:08d}.gif"}
 
 
 def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[str, float]:
-    """Results of the separate evaluations that have ended, oldest first: into TensorBoard at their own step,
-    and the newest returned for this update's progress.csv row. With wait > 0 (the last update) those still
-    running get `wait` seconds in all, then are killed. A failed, killed or unreadable one is reported on
-    stderr and dropped: an evaluation never takes the training down."""
+    """The ended evaluations into TensorBoard at their step, the newest returned; `wait` s for the rest, then kill."""
     deadline, latest = time.monotonic() + wait, {}
     for ev in list(evals):
         if wait:
@@ -1095,12 +935,13 @@ def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[st
         if ev["proc"].poll() is None:
             continue
         evals.remove(ev)
-        try:
+        try:  # a failed, killed or unreadable evaluation is reported and dropped: it never takes the training down
             if ev["proc"].returncode != 0:
                 raise RuntimeError(f"exit code {ev['proc'].returncode}")
             stats = json.loads(ev["json"].read_text())
         except (OSError, ValueError, RuntimeError) as e:
-            print(f"warning: the evaluation at step {ev['step']} failed ({e}); see {ev['log']}", file=sys.stderr)
+            log = ev["json"].with_suffix(".log")
+            print(f"warning: the evaluation at step {ev['step']} failed ({e}); see {log}", file=sys.stderr)
             continue
         for k, v in stats.items():
             writer.add_scalar(k, v, ev["step"])
@@ -1113,20 +954,15 @@ def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[st
 
 def bench_env(env, steps: int) -> float:
     """Env-steps per second with random actions (drawn up front, so only the environment is timed)."""
-    gen = torch.Generator(env.device).manual_seed(0)
-    actions = torch.randint(0, env.n_actions, (16, env.num_envs), device=env.device, generator=gen)
-    clock(env.device)
-    for t in range(10):  # warm-up
-        env.step(actions[t % 16])
-    start = clock(env.device)
-    for t in range(steps):
+    actions = torch.randint(0, env.n_actions, (16, env.num_envs), device=env.device)
+    for t in range(-10, steps):  # 10 steps of warm-up first
+        if t == 0:
+            start = clock(env.device)
         env.step(actions[t % 16])
     return env.num_envs * steps / (clock(env.device) - start)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Logging on rank 0: TensorBoard, progress.csv (and wandb with --track), the console table
-# ---------------------------------------------------------------------------------------------------
+# == Logging on rank 0: TensorBoard, progress.csv (and wandb with --track), the console table ==
 def metric_names(args: Args) -> list[str]:
     """The columns of progress.csv after update and global_step, from the tables at the top of the file."""
     charts = ["charts/SPS", "charts/learning_rate", "charts/episodes", *EPISODE_METRICS.values()]
@@ -1135,25 +971,8 @@ def metric_names(args: Args) -> list[str]:
     return [*charts, *losses, "time/rollout_s", "time/update_s", *schedules, *(f"eval/{k}" for k in EPISODE_METRICS)]
 
 
-def open_progress(path: Path, fields: list[str], last_update: int):
-    """progress.csv for appending, holding exactly the rows of updates 1..last_update (a resumed run
-    drops rows written after its checkpoint, so no row is duplicated)."""
-    rows = []
-    if last_update > 0 and path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["update"]) <= last_update]
-    f = open(path, "w", newline="")  # noqa: SIM115  (kept open for the whole run)
-    writer = csv.DictWriter(f, fieldnames=["update", "global_step", *fields])
-    writer.writeheader()
-    writer.writerows(rows)
-    f.flush()
-    return f, writer
-
-
-class RunLog:
-    """Rank 0's outputs in runs/<run_name>/: config.json, TensorBoard, progress.csv, the console table and, with
-    --track, wandb. Used with `with`: every exit path closes the files and finishes the wandb run with its exit
-    code."""
+class RunLog(contextlib.AbstractContextManager):
+    """Rank 0's outputs in runs/<run_name>/ (config.json, TensorBoard, progress.csv, wandb), closed on every exit."""
 
     def __init__(self, run_dir: Path, config: dict, args: Args, last_update: int, start_step: int):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -1164,62 +983,51 @@ class RunLog:
 
             id_file = run_dir / "wandb_id"  # a resumed run continues its wandb run
             if last_update == 0 or not id_file.exists():
-                atomic_write_text(id_file, os.urandom(4).hex())
-            self.wandb = wandb.init(
-                project=args.wandb_project_name,
-                name=args.run_name,
-                id=id_file.read_text(),
-                resume="allow",
-                config=config,
-                sync_tensorboard=True,
-            )
-        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+                atomic_save(os.urandom(4).hex(), id_file)
+            run = {"project": args.wandb_project_name, "name": args.run_name, "id": id_file.read_text()}
+            self.wandb = wandb.init(**run, resume="allow", config=config, sync_tensorboard=True)
+        atomic_save(json.dumps(config, indent=2), run_dir / "config.json")
         self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
-        self.writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
-        )
-        self.csv_file, self.csv = open_progress(run_dir / "progress.csv", metric_names(args), last_update)
+        table = "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        self.writer.add_text("hyperparameters", table)
+        rows = []  # progress.csv holds exactly updates 1..last_update: a resumed run drops rows after its checkpoint
+        if last_update > 0 and (run_dir / "progress.csv").exists():
+            with open(run_dir / "progress.csv", newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["update"]) <= last_update]
+        self.csv_file = open(run_dir / "progress.csv", "w", newline="")  # noqa: SIM115  (open for the whole run)
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=["update", "global_step", *metric_names(args)])
+        self.csv.writeheader()
+        self.csv.writerows(rows)
+        self.csv_file.flush()
 
     def write(self, row: dict, per_rank_sps: list[float], last: bool) -> None:
-        """One update's row: every `group/name` value into TensorBoard, the whole row into progress.csv, and
-        every print_interval seconds (and at the end) the console table."""
+        """One update's row into TensorBoard and progress.csv; the console table every print_interval s and last."""
         for k, v in row.items():
             if "/" in k:
                 self.writer.add_scalar(k, v, row["global_step"])
         self.csv.writerow(row)
         self.csv_file.flush()
         self.shown.update(row)  # the table shows each metric's last known value
-        if last or time.time() - self.last_print > self.args.print_interval:
-            self.print_status(per_rank_sps)
-            self.last_print = time.time()
-
-    def print_status(self, per_rank_sps: list[float]) -> None:
+        if not last and time.time() - self.last_print < self.args.print_interval:
+            return
         from rich.console import Console
         from rich.table import Table
 
-        r, total = self.shown, self.args.total_timesteps
-        elapsed = time.time() - self.started
+        self.last_print, r, total = time.time(), self.shown, self.args.total_timesteps
+        elapsed = self.last_print - self.started
         left = elapsed * (total - r["global_step"]) / max(r["global_step"] - self.start_step, 1)
         table = Table(title=f"update {r['update']}", show_header=False)
         table.add_row("steps", f"{r['global_step']:,} / {total:,} ({100 * r['global_step'] / total:.1f}%)")
         table.add_row("time elapsed / left", f"{elapsed / 60:.1f} min / {left / 60:.1f} min")
-        table.add_row(
-            "SPS (global / per rank)", f"{r['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
-        )
+        sps = f"{r['charts/SPS']:,.0f} / " + ", ".join(f"{s:,.0f}" for s in per_rank_sps)
+        table.add_row("SPS (global / per rank)", sps)
         for tag in EPISODE_METRICS.values():
             table.add_row(tag, f"{r[tag]:.2f}" if tag in r else "no episode has ended yet")
-        table.add_row(
-            "losses policy / value / entropy",
-            " / ".join(f"{r['losses/' + k]:.4f}" for k in ("policy_loss", "value_loss", "entropy")),
-        )
-        table.add_row(
-            "schedule", ", ".join(f"{k.split('/')[1]} {v:.3g}" for k, v in r.items() if k.startswith("schedule/"))
-        )
+        losses = ("policy_loss", "value_loss", "entropy")
+        table.add_row("losses policy / value / entropy", " / ".join(f"{r['losses/' + k]:.4f}" for k in losses))
+        table.add_row("schedule", ", ".join(f"{k[9:]} {v:.3g}" for k, v in r.items() if k.startswith("schedule/")))
         table.add_row("time rollout / update (s)", f"{r['time/rollout_s']:.2f} / {r['time/update_s']:.2f}")
         Console().print(table)
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, exc_type, *_):
         self.writer.close()  # a stop signal cannot cut this short (it only sets stop_request)
@@ -1228,17 +1036,12 @@ class RunLog:
             self.wandb.finish(exit_code=0 if exc_type is None else 1)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Main: argument checks, the other modes, DDP set-up and teardown
-# ---------------------------------------------------------------------------------------------------
+# == Main: argument checks, the other modes, DDP set-up and teardown ==
 def find_unused_aliases(argv: list[str]) -> list[str]:
-    """--find-unused alone means --find-unused=on and --no-find-unused means --find-unused=off: the flags of the
-    three-way --find-unused {auto,on,off}."""
-    out = []
-    for i, a in enumerate(argv):
-        alone = a == "--find-unused" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
-        out.append("--find-unused=on" if alone else "--find-unused=off" if a == "--no-find-unused" else a)
-    return out
+    """--find-unused alone means --find-unused=on, --no-find-unused --find-unused=off."""
+    alone = lambda i: argv[i] == "--find-unused" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+    off = {"--no-find-unused": "--find-unused=off"}
+    return ["--find-unused=on" if alone(i) else off.get(a, a) for i, a in enumerate(argv)]
 
 
 def main() -> int:
@@ -1247,15 +1050,14 @@ def main() -> int:
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     use_cuda = args.cuda and torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    cpus = cpu_share(allowed_cpus(), local_rank, local_world)
     if "OMP_NUM_THREADS" not in os.environ:  # torch threads: one local rank's share of the CPUs
-        torch.set_num_threads(max(1, len(allowed_cpus()) // local_world))
+        torch.set_num_threads(len(cpus))
     try:
         derived_sizes(args, world_size)  # every check that needs no agreed size, before anything heavy
         if use_cuda and local_world > torch.cuda.device_count():
-            raise ArgError(
-                f"{local_world} processes on this node but {torch.cuda.device_count()} GPU(s): one GPU per process "
-                f"(--nproc-per-node={torch.cuda.device_count()}), or --no-cuda"
-            )
+            n = torch.cuda.device_count()
+            raise ArgError(f"{local_world} processes on this node but {n} GPU(s): --nproc-per-node={n}, or --no-cuda")
         if args.eval_checkpoint or args.baseline:
             return play(args)
     except ArgError as e:
@@ -1267,25 +1069,23 @@ def main() -> int:
         print(f"{num_envs} envs on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
 
-    # -- DDP set-up: every rank reaches every collective below in the same order --
+    # DDP set-up: every rank reaches every collective below in the same order
     if use_cuda:
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=args.dist_timeout)
     for sig in STOP_SIGNALS:  # from here a stop signal is a request, served at the next update (train)
-        signal.signal(sig, request_stop)
-    dist.init_process_group(
-        "nccl" if use_cuda else "gloo",
-        store=rendezvous_store(rank, world_size, timeout),
-        rank=rank,
-        world_size=world_size,
-        timeout=timeout,
-        device_id=device if use_cuda else None,
-    )
+        signal.signal(sig, lambda signum, _frame: stop_request.update(signal=signum))
+    store, backend = rendezvous_store(rank, world_size, timeout), "nccl" if use_cuda else "gloo"
+    kwargs = {"rank": rank, "world_size": world_size, "timeout": timeout, "device_id": device if use_cuda else None}
+    dist.init_process_group(backend, store=store, **kwargs)
     try:  # every exit path below leaves through `finally`, which shuts the process group down
-        cpus = pin_to_share(args.pin_cpus and not use_cuda, local_rank, local_world)
-        args.num_envs = agree_num_envs(args, device, world_size, local_world)
+        if args.pin_cpus and not use_cuda and hasattr(os, "sched_setaffinity") and cpus != allowed_cpus():
+            os.sched_setaffinity(0, cpus)  # after init_process_group: this thread alone, not gloo's (docs/scaling.md)
+        else:
+            cpus = allowed_cpus()
+        args.num_envs = agree_num_envs(args, device, local_world)
         sizes = derived_sizes(args, world_size)  # the same verdict on every rank: the sizes are agreed
-        code = train(args, sizes, rank, world_size, device, cpus)
+        code = train(args, sizes, device, cpus)
         dist.barrier()  # a successful run ends together
         return code
     except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
@@ -1298,38 +1098,30 @@ def main() -> int:
         print(f"rank {rank}: interrupted; destroying the process group", file=sys.stderr)
         return 130
     finally:
-        gc.collect()  # free DDP's reducer while the process group exists (see README)
+        gc.collect()  # free DDP's reducer while the process group exists (docs/unused-parameters.md)
         dist.destroy_process_group()
 
 
 def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
-    """The key-value store the ranks meet in: torchrun's (MASTER_ADDR:MASTER_PORT), or an in-process one
-    for a plain `python` run. Its keys get a prefix per torchrun restart: after a restart the unprefixed
-    keys would still hold the dead workers' addresses, and the new group would try to connect to them."""
+    """torchrun's store (MASTER_ADDR:MASTER_PORT) with a prefix per restart, or an in-process one for `python`."""
     if "MASTER_ADDR" not in os.environ:
         return dist.HashStore()
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it: all are clients
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        world_size,
-        is_master=rank == 0 and not agent_store,
-        timeout=timeout,
-    )
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    store = dist.TCPStore(addr, port, world_size, is_master=rank == 0 and not agent_store, timeout=timeout)
     return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------------
-def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.device, cpus: list[int]) -> int:
+# == Training ==
+def train(args: Args, sizes: dict, device: torch.device, cpus: list[int]) -> int:
+    rank, world_size = dist.get_rank(), dist.get_world_size()
     args.run_name = agree_run_name(args)
     run_dir = Path("runs") / args.run_name
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
-    # -- the envs of this rank, the agent (the same initial weights everywhere), its optimizers --
+    # the envs of this rank, the agent (the same initial weights everywhere), its optimizers
     env = Env(args.num_envs, device, args.seed, rank * args.num_envs, args)
     torch.manual_seed(args.seed)
     agent = Agent(env.obs_shape, env.n_actions, args).to(device)
@@ -1337,148 +1129,116 @@ def train(args: Args, sizes: dict, rank: int, world_size: int, device: torch.dev
     optimizers = make_optimizers(agent, args)
     minibatch_gen = torch.Generator(device).manual_seed(args.seed)  # the same permutations on every rank
     meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
-    loop = {"update": 0, "global_step": 0, "next_obs": env.reset()}
-    loop["next_done"] = torch.zeros(args.num_envs, device=device)
-    loop["next_state"] = agent.initial_state(args.num_envs, device)  # the agent's memory (None: it has none)
-    if loop["next_state"] is not None and args.num_envs % args.num_minibatches:
-        raise ArgError(
-            f"an agent with memory trains on whole envs: --num-envs {args.num_envs} must be divisible by "
-            f"--num-minibatches {args.num_minibatches}"
-        )
+    carry = {"next_obs": env.reset(), "next_done": torch.zeros(args.num_envs, device=device)}
+    carry["next_state"] = agent.initial_state(args.num_envs, device)  # the agent's memory (None: it has none)
+    n, k, whole = args.num_envs, args.num_minibatches, "an agent with memory trains on whole envs"
+    if carry["next_state"] is not None and n % k:
+        raise ArgError(f"{whole}: --num-envs {n} must be divisible by --num-minibatches {k}")
 
-    # -- find_unused_parameters where the loss leaves parameters unused (auto); fail fast where DDP is not told --
-    unused = unused_parameters(agent, env, loop["next_obs"], args)
+    # find_unused_parameters where the loss leaves parameters unused (auto); fail fast where DDP is not told
+    unused = unused_parameters(agent, env, carry["next_obs"], args)
     find_unused = bool(unused) if args.find_unused == "auto" else args.find_unused == "on"
     if unused and not find_unused:
         raise ArgError(
-            f"--loss {args.loss} gives no gradient to {', '.join(unused)}, which DDP refuses "
-            f"('Expected to have finished reduction in the prior iteration'); fix: --find-unused or --hack"
+            f"the loss gives no gradient to {', '.join(unused)}, which DDP refuses ('Expected to have finished "
+            "reduction in the prior iteration'); fix: --find-unused, or a loss that uses every output"
         )
 
-    # -- resume: rank 0 reads the run directory; every rank gets the shared state and its own envs and RNG --
-    state = restore_checkpoint(run_dir, args, rank, world_size)
+    # resume: rank 0 reads the run directory; every rank gets the shared state and its own envs and RNG
+    state = restore_checkpoint(run_dir, args)
     if state:
-        restore_state(state, agent, optimizers, env, minibatch_gen, loop, device)
+        carry = restore_state(state, agent, optimizers, minibatch_gen, env, carry)
         if rank == 0:
-            print(f"resumed from {state['path']} at update {loop['update']}, global_step {loop['global_step']:,}")
+            print(f"resumed from {state['path']} at update {state['update']}, global_step {state['global_step']:,}")
             if state["env"] is None:
                 print("the environments cannot save their state: their episodes restart (all else is restored)")
 
-    # -- DDP wrapping: training forwards go through `model`; rollouts use the plain `agent` --
-    model = DDP(
-        agent,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=find_unused,
-        static_graph=args.static_graph,
-    )
+    # DDP wrapping: training forwards go through `model`; rollouts use the plain `agent`
+    ids = [device.index] if device.type == "cuda" else None
+    model = DDP(agent, device_ids=ids, find_unused_parameters=find_unused, static_graph=args.static_graph)
     check_identical(agent, "after wrapping")
-    policy = torch.compile(agent) if args.compile else agent
-    if args.compile:
-        model = torch.compile(model)
+    policy, model = (torch.compile(agent), torch.compile(model)) if args.compile else (agent, model)
 
+    start = {k: state[k] for k in ("update", "global_step")} if state else {"update": 0, "global_step": 0}
     placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus, "threads": torch.get_num_threads()}
-    ranks = gather_to_rank0(placement, rank, world_size)
+    ranks = gather_to_rank0(placement)
     log, evals = None, []  # evals: separate evaluations still running (--eval-mode async)
     if rank == 0:
         config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device), "ranks": ranks}
-        log = RunLog(run_dir, config, args, loop["update"], loop["global_step"])
+        log = RunLog(run_dir, config, args, start["update"], start["global_step"])
+        size = f"{args.num_envs} envs per rank, batch {sizes['global_batch_size']}, {sizes['num_updates']} updates"
         print(
-            f"run {args.run_name}: loss {args.loss}, world size {world_size}, device {device}, {args.num_envs} envs "
-            f"per rank, batch {sizes['batch_size_per_rank']} per rank / {sizes['global_batch_size']} global, "
-            f"{sizes['num_updates']} updates; unused parameters: {', '.join(unused) or 'none'}, so "
-            f"find_unused_parameters={find_unused} (--find-unused {args.find_unused})"
+            f"run {args.run_name}: world size {world_size}, device {device}, {size}; unused parameters: "
+            f"{', '.join(unused) or 'none'}, so find_unused_parameters={find_unused} (--find-unused {args.find_unused})"
         )
         if sizes["num_updates"] < FEW_UPDATES:
-            print(
-                f"warning: only {sizes['num_updates']} updates: PPO learns little in so few; raise --total-timesteps "
-                "or lower --num-envs",
-                file=sys.stderr,
-            )
-    stopping = False
+            print(f"warning: only {sizes['num_updates']} updates: PPO learns little in so few", file=sys.stderr)
+    stopping, global_step = False, start["global_step"]
     with log or contextlib.nullcontext():  # rank 0's files are closed on every exit path
-        for update in range(loop["update"] + 1, sizes["num_updates"] + 1):
+        for update in range(start["update"] + 1, sizes["num_updates"] + 1):
             coef = schedules_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
             for group in (g for opt in optimizers for g in opt.param_groups):
                 group["lr"] = coef["learning_rate"]
-            if os.environ.get("PPO_DDP_FAULT") == f"{rank}:{update}":  # test seam: fail one rank, here
-                raise RuntimeError(f"injected fault on rank {rank} at update {update}")
 
-            # -- rollout with the plain module, advantages, then the update through DDP --
-            t0 = clock(device)
-            b, next_value, ep, state0 = rollout(policy, env, loop, args)
-            loop.update(update=update, global_step=loop["global_step"] + b["rewards"].numel() * world_size)
-            b["advantages"], b["returns"] = compute_advantages(b, next_value, loop["next_done"], args)
+            # rollout with the plain module, advantages, then the update through DDP
+            t0, state0 = clock(device), carry["next_state"]
+            b, next_value, ep, carry = rollout(policy, env, carry, args)
+            global_step += b["rewards"].numel() * world_size
+            b["advantages"], b["returns"] = compute_advantages(b, next_value, carry["next_done"], args)
             b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
             t1 = clock(device)
             losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen, state0)
             t2 = clock(device)
 
-            # -- statistics of all ranks, by name, in one collective (stop requests too); evaluation; rank 0 logs --
+            # statistics of all ranks, by name, in one collective (stop requests too); evaluation; rank 0 logs
             timing = {"sps": b["rewards"].numel() / (t2 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
-            stats = gather_stats(
-                {
-                    **ep,
-                    "explained_variance": explained_variance(b),
-                    **{k: torch.tensor(v, device=device) for k, v in timing.items()},
-                    "signal": torch.tensor(float(stop_request["signal"]), device=device),
-                }
-            )
+            var_y = b["returns"].var()  # the explained variance, 0 where the returns do not vary (no host sync)
+            explained = torch.where(var_y > 0, 1 - (b["returns"] - b["values"]).var() / var_y, 0.0)
+            mine = {**ep, **timing, "explained_variance": explained, "signal": stop_request["signal"]}
+            stats = gather_stats(mine, device)
             stopping = any(stats["signal"]) and update < sizes["num_updates"]  # one rank's signal stops all here
+            last = update == sizes["num_updates"] or stopping
             evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
-            evaluating = evaluating and not stopping  # a stop starts no evaluation
-            eval_stats = {}
-            if rank == 0 and evaluating and args.eval_mode == "local":
-                frames, seed = [] if args.capture_video else None, args.seed + 1_000_003
-                limit = args.dist_timeout / 2  # the other ranks wait for it at their next collective
-                eval_stats = evaluate(greedy(agent), args, device, args.eval_episodes, seed, None, frames, limit)
+            half, eval_stats, frames = args.dist_timeout / 2, {}, [] if args.capture_video else None
+            if rank == 0 and evaluating and not stopping and args.eval_mode == "local":  # the others wait <= half
+                eval_stats = evaluate(greedy(agent), args, args.eval_episodes, device=device, frames=frames, limit=half)
+
                 if frames:
                     save_gif(frames, run_dir / "videos" / f"update_{update:08d}.gif")
-            elif rank == 0 and evaluating:
-                evals.append(start_async_eval(agent, meta, run_dir, loop, args))
+            elif rank == 0 and evaluating and not stopping:
+                evals.append(start_async_eval(agent, meta, run_dir, update, global_step, args))
             if rank == 0:
-                last = update == sizes["num_updates"] or stopping
                 if args.eval_mode == "async":  # the last row waits for those running, within the others' patience
-                    wait = 5.0 if stopping else args.dist_timeout / 2 if last else 0  # (a stop: within its budget)
-                    eval_stats = collect_async_evals(evals, log.writer, wait) or eval_stats
-                episodes = sum(stats["episodes"])
-                row = {
-                    "update": update,
-                    "global_step": loop["global_step"],
-                    **losses,
-                    **eval_stats,
-                    **{f"schedule/{k}": v for k, v in coef.items()},
-                    **{tag: sum(stats[k]) / episodes for k, tag in EPISODE_METRICS.items() if episodes},
-                    "charts/episodes": episodes,
-                    "charts/SPS": b["rewards"].numel() * world_size / (time.perf_counter() - t0),
-                    "charts/learning_rate": coef["learning_rate"],
-                    "losses/explained_variance": sum(stats["explained_variance"]) / world_size,
-                    "time/rollout_s": max(stats["rollout_s"]),
-                    "time/update_s": max(stats["update_s"]),
-                }
-                log.write(row, stats["sps"], last)
+                    wait = 5.0 if stopping else half if last else 0  # (a stop: within its budget)
 
-            # -- checkpoint: rank 0 writes everything every rank needs to continue exactly; a stop ends here --
+                    eval_stats = collect_async_evals(evals, log.writer, wait) or eval_stats
+                sps = b["rewards"].numel() * world_size / (time.perf_counter() - t0)
+                row = {"update": update, "global_step": global_step, **losses, **eval_stats, **reduce_stats(stats)}
+                row |= {"charts/SPS": sps, "charts/learning_rate": coef["learning_rate"]}
+                log.write(row | {f"schedule/{k}": v for k, v in coef.items()}, stats["sps"], last)
+
+            # checkpoint: rank 0 writes everything every rank needs to continue exactly; a stop ends here
             path = run_dir / "checkpoints" / f"update_{update:08d}.pt"
             if stopping or (args.checkpoint_interval and update % args.checkpoint_interval == 0):
-                shared, mine = checkpoint_state(agent, optimizers, env, minibatch_gen, loop, meta, device)
-                save_checkpoint(path, shared, mine, rank, world_size)
+                counters = {"update": update, "global_step": global_step}
+                save_checkpoint(path, *checkpoint_state(agent, optimizers, minibatch_gen, env, carry, counters, meta))
             if stopping:
                 break
 
         check_identical(agent, "at the stop" if stopping else "at the end")
         if stopping:
             if rank == 0:
-                who = {signal.Signals(int(s)).name for s in stats["signal"] if s}
+                who = ", ".join(sorted({signal.Signals(int(s)).name for s in stats["signal"] if s}))
                 print(
-                    f"stopped by {', '.join(sorted(who))} ({sum(map(bool, stats['signal']))} of {world_size} ranks) "
-                    f"at update {loop['update']}: checkpoint {path}; the same command with --resume continues "
-                    f"(a torchrun restart or a requeued SLURM job continues by itself); exit code {PREEMPTED}"
+                    f"stopped by {who} ({sum(map(bool, stats['signal']))} of {world_size} ranks) at update {update}: "
+                    f"checkpoint {path}; the same command with --resume continues (a torchrun restart or a requeued "
+                    f"SLURM job continues by itself); exit code {PREEMPTED}"
                 )
             return PREEMPTED
         if rank == 0:
             print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
             atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")
-            print(f"done: {loop['global_step']:,} steps; final model in {run_dir / 'final_model.pt'}")
+            print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
     return 0
 
 

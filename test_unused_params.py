@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # noqa: F401  before init_process_group, or destroy_process_group frees nothing (README)
+import torch.distributed.nn  # noqa: F401  first, or destroy_process_group frees nothing (docs/correctness.md)
 import torch.nn as nn
 import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -158,7 +158,7 @@ SCENARIOS = [  # (flags, expected verdict)
     ([], "SUCCESS"),
     (["--no-hack"], "RuntimeError"),
     (["--no-hack", "--find-unused"], "SUCCESS"),
-    (["--no-hack", "--static-graph"], "RuntimeError"),  # static_graph alone is no fix (see README)
+    (["--no-hack", "--static-graph"], "RuntimeError"),  # static_graph alone is no fix (docs/unused-parameters.md)
     (["--static-graph"], "SUCCESS"),
 ]
 

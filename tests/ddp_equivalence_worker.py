@@ -2,9 +2,9 @@
     torchrun --nproc-per-node=2 tests/ddp_equivalence_worker.py SCRIPT OUT TARGET_KL    (SCRIPT: ppo_ddp_snake
     or ppo_ddp; TARGET_KL: a float, or "none"; or "recurrent": ppo_ddp --agent lstm on the recurrent problem)
 
-tests/test_distributed.py compares the result with a plain single-process PPO update of its own on the whole
-batch. The optimizer is SGD and gradients are not clipped, so the scale of the averaged gradient shows in the
-weights (Adam and clipping would hide a sum in place of a mean).
+tests/test_equivalence.py (tests/test_recurrent.py for "recurrent") compares the result with a plain
+single-process PPO update of its own on the whole batch. The optimizer is SGD and gradients are not clipped, so
+the scale of the averaged gradient shows in the weights (Adam and clipping would hide a sum in place of a mean).
 """
 
 import gc

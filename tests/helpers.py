@@ -1,13 +1,29 @@
-"""One place that starts subprocesses for every test: always with a timeout and one thread per rank."""
+"""One place that starts subprocesses for every test: always with a timeout and one thread per rank; one place that
+builds a torchrun command line (torchrun_cmd); and the small things several test files share."""
 
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# The distributed tests' run: 64 boards x 32 steps x 2 ranks = 4096 steps per update.
+SMALL = [
+    "--num-envs=64",
+    "--num-steps=32",
+    "--num-minibatches=2",
+    "--hidden-size=32",
+    "--print-interval=0",
+    "--eval-interval=0",
+    "--dist-timeout=60",
+]
 
 # torchrun's own variables: a child launched from inside a torchrun worker must not inherit them.
 _LAUNCHER_VARS = (
@@ -28,6 +44,8 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS and not k.startswith("TORCHELASTIC")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     env.update(extra)
+    if "PPO_DDP_FAULT" in extra:  # injected from outside the scripts: tests/faults/sitecustomize.py
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "faults"), *filter(None, [extra.get("PYTHONPATH")])])
     return env
 
 
@@ -49,8 +67,15 @@ def torchrun(
     launcher_args: tuple[str, ...] = ("--standalone",),
     **env: str,
 ):
-    """`torchrun --standalone --nproc-per-node=nproc script args` on CPU (gloo)."""
-    cmd = [
+    """Run torchrun_cmd(script, *args, ...) to its end; see run()."""
+    return run(torchrun_cmd(script, *args, nproc=nproc, launcher_args=launcher_args), timeout=timeout, cwd=cwd, **env)
+
+
+def torchrun_cmd(script: str, *args: str, nproc: int = 2, launcher_args: tuple[str, ...] = ("--standalone",)):
+    """`torchrun --standalone --nproc-per-node=nproc script args` on CPU (gloo), as this Python's
+    torch.distributed.run; `launcher_args` replace --standalone (nodes, rendezvous, restarts). The only place a
+    test builds a torchrun command line."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -59,7 +84,6 @@ def torchrun(
         str(ROOT / script),
         *args,
     ]
-    return run(cmd, timeout=timeout, cwd=cwd, **env)
 
 
 def progress(run_dir: Path) -> list[dict[str, str]]:
@@ -98,18 +122,6 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
         cmd = " ".join(proc.args)
         raise AssertionError(f"timed out after {timeout}s: {cmd}\n--- stdout\n{out}\n--- stderr\n{err}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def torchrun_cmd(script: str, *args: str, nproc: int = 2, launcher_args: tuple[str, ...] = ("--standalone",)):
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        *launcher_args,
-        f"--nproc-per-node={nproc}",
-        str(ROOT / script),
-        *args,
-    ]
 
 
 def workers(pid: int, script: str) -> list[int]:
@@ -162,3 +174,35 @@ def gif_frames(path: Path) -> int:
     with Image.open(path) as image:
         assert image.format == "GIF", f"{path} is a {image.format}"
         return image.n_frames
+
+
+def weights(path: Path) -> dict:
+    """The model's state dict in a checkpoint or final_model.pt."""
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_two_nodes(script: str, *args: str, dirs, threads=(1, 1)):
+    """Two torchrun launches on localhost as two "machines": --nnodes=2, one process each, a working directory
+    each (no shared run directory) and OMP_NUM_THREADS per node; node 0 holds rank 0."""
+    port, procs = free_port(), []
+    for node, (d, t) in enumerate(zip(dirs, threads, strict=True)):
+        launcher = ("--nnodes=2", f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}")
+        cmd = torchrun_cmd(script, *args, nproc=1, launcher_args=launcher)
+        procs.append(start(cmd, cwd=d, OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t)))
+    return procs
+
+
+def wait_for(condition, timeout: float, proc=None) -> bool:
+    """Poll `condition` every 0.1 s: True once it holds, False after `timeout` s or once `proc` has exited."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline or (proc is not None and proc.poll() is not None):
+            return False
+        time.sleep(0.1)
+    return True

@@ -1,6 +1,6 @@
 """ppo_ddp_gym.py: Gymnasium's autoreset at an episode's boundary, Atari's lives and games, evaluation within its
 time limit, --num-envs 0 by CPU cores, a resume of envs that cannot save their state, Atari on 2 ranks, bad ids.
-(DDP equals one process and the exact resume run for CartPole in test_distributed.py.)"""
+(DDP equals one process and the exact resume run for CartPole in test_equivalence.py and test_resume.py.)"""
 
 import shutil
 
@@ -28,8 +28,8 @@ def test_autoreset_never_mixes_two_episodes():
     action is ignored and whose reward is 0, joining two episodes)."""
     args = gp.Args(num_steps=200)
     env = gp.GymEnv(2, "cpu", 5, 0, args)
-    loop = {"next_obs": env.reset(), "next_done": torch.zeros(2), "next_state": None}
-    b, *_ = gp.rollout(random_agent(env), env, loop, args)
+    carry = {"next_obs": env.reset(), "next_done": torch.zeros(2), "next_state": None}
+    b, _, _, carry = gp.rollout(random_agent(env), env, carry, args)
     refs = [gym.make("CartPole-v1") for _ in range(2)]
     obs = [r.reset(seed=s)[0] for r, s in zip(refs, env.seeds, strict=True)]
     ends = 0
@@ -39,7 +39,7 @@ def test_autoreset_never_mixes_two_episodes():
             obs[i], reward, terminated, truncated, _ = ref.step(int(b["actions"][t, i]))
             assert b["rewards"][t, i] == reward, (t, i)
             done = terminated or truncated
-            assert (b["dones"][t + 1, i] if t + 1 < args.num_steps else loop["next_done"][i]) == done, (t, i)
+            assert (b["dones"][t + 1, i] if t + 1 < args.num_steps else carry["next_done"][i]) == done, (t, i)
             if done:
                 obs[i], _ = ref.reset()
                 ends += 1
@@ -54,8 +54,8 @@ def test_a_lost_life_ends_the_value_target_but_only_a_game_counts():
     env = gp.GymEnv(2, "cpu", 3, 0, args)
     seen, step = [], env.step
     env.step = lambda a: seen.append(step(a)) or seen[-1]
-    loop = {"next_obs": env.reset(), "next_done": torch.zeros(2), "next_state": None}
-    b, _, ep, _ = gp.rollout(random_agent(env), env, loop, args)
+    carry = {"next_obs": env.reset(), "next_done": torch.zeros(2), "next_state": None}
+    b, _, ep, _ = gp.rollout(random_agent(env), env, carry, args)
     done = torch.stack([s[2] for s in seen[: args.num_steps]])
     over = torch.stack([s[3]["game_over"] for s in seen[: args.num_steps]])
     assert torch.equal(b["dones"][1:].bool(), done[:-1])  # the value target ends at each lost life
@@ -79,9 +79,9 @@ def test_evaluation_stops_at_its_time_limit(capsys):
     (random Pong games take seconds), and a warning says why. Without a limit all the episodes are counted."""
     policy = lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,))  # noqa: E731
     args = gp.Args(env_id="PongNoFrameskip-v4")
-    assert gp.evaluate(policy, args, "cpu", 2, 7, time_limit=0.2) == {}
+    assert gp.evaluate(policy, args, 2, limit=0.2) == {}
     assert "the evaluation stopped at its time limit (0.2 s): 0 of 2 episodes ended" in capsys.readouterr().err
-    stats = gp.evaluate(policy, gp.Args(), "cpu", 3, 7)
+    stats = gp.evaluate(policy, gp.Args(), 3)
     assert set(stats) == {"eval/episode_return", "eval/episode_length"} and stats["eval/episode_return"] > 5
     assert "warning" not in capsys.readouterr().err
 
@@ -131,7 +131,7 @@ def test_atari_trains_on_two_ranks(tmp_path):
     assert float(rows[-1]["eval/episode_length"]) > 100 and rows[-1]["eval/episode_return"] != "", rows[-1]
     assert gif_frames(run_dir / "videos/update_00000002.gif") > 50
     ckpt = torch.load(run_dir / "checkpoints/update_00000002.pt", weights_only=False)
-    assert ckpt["env"] == [None, None] and ckpt["model"]["trunk.0.weight"].shape == (32, 4, 8, 8)
+    assert [r["env"] for r in ckpt["ranks"]] == [None, None] and ckpt["model"]["trunk.0.weight"].shape == (32, 4, 8, 8)
     final = str(run_dir / "final_model.pt")
     p = python("ppo_ddp_gym.py", "--eval-checkpoint", final, "--render", "--render-fps=100000", timeout=120)
     assert p.returncode == 0 and "1 greedy episodes: episode return per episode" in p.stdout, explain(p)
@@ -157,10 +157,10 @@ def test_a_resume_restarts_the_episodes_of_envs_that_cannot_save_them(tmp_path):
     assert p.stdout.count("the environments cannot save their state: their episodes restart") == 1, explain(p)
     assert [r["update"] for r in progress(cut)] == ["1", "2", "3"]
     a, b = (torch.load(d / "checkpoints/update_00000003.pt", weights_only=False) for d in (full, cut))
-    assert a["env"] == b["env"] == [None, None]
+    assert [r["env"] for r in a["ranks"] + b["ranks"]] == [None] * 4
     assert (a["update"], a["global_step"]) == (b["update"], b["global_step"]) == (3, 768)
     assert torch.equal(a["minibatch_rng"], b["minibatch_rng"])
-    assert all(torch.equal(x["torch"], y["torch"]) for x, y in zip(a["rng"], b["rng"], strict=True))
+    assert all(torch.equal(x["rng"]["torch"], y["rng"]["torch"]) for x, y in zip(a["ranks"], b["ranks"], strict=True))
     steps = lambda c: [s["step"].item() for s in c["optimizers"][0]["state"].values()]  # noqa: E731
     assert steps(a) == steps(b) == [3 * 4 * 2] * len(steps(a))  # 3 updates x 4 epochs x 2 minibatches
     assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

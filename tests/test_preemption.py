@@ -16,8 +16,20 @@ import pytest
 import slurm_cluster
 import torch
 import torch.distributed as dist
-from helpers import ROOT, explain, finish, progress, start, torchrun, torchrun_cmd, wandb_records, workers
-from test_distributed import SMALL, wait_for, weights
+from helpers import (
+    ROOT,
+    SMALL,
+    explain,
+    finish,
+    progress,
+    start,
+    torchrun,
+    torchrun_cmd,
+    wait_for,
+    wandb_records,
+    weights,
+    workers,
+)
 
 UPDATES = 12
 ARGS = [*SMALL, f"--total-timesteps={4096 * UPDATES}", "--checkpoint-interval=0"]  # only a stop checkpoints
@@ -125,9 +137,9 @@ def test_the_default_run_name_is_the_slurm_job_id(monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "1f0e0c3a-9a3b-4d9e")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        assert snake.agree_run_name(snake.Args()) == "ppo_ddp_snake__ppo__1__4242"
+        assert snake.agree_run_name(snake.Args()) == "ppo_ddp_snake__1__4242"
         monkeypatch.delenv("SLURM_JOB_ID")
-        assert snake.agree_run_name(snake.Args()) == "ppo_ddp_snake__ppo__1__1f0e0c3a"
+        assert snake.agree_run_name(snake.Args()) == "ppo_ddp_snake__1__1f0e0c3a"
     finally:
         dist.destroy_process_group()
 
@@ -176,7 +188,7 @@ def assert_requeued_run(tmp_path: Path, job_id: str, fields: dict, uninterrupted
     assert f"job {job_id} run 0:" in log and f"job {job_id} run 1:" in log, log
     k = stopped_at(log, how)
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert run_dir.name == f"ppo_ddp_snake__ppo__1__{job_id}", run_dir
+    assert run_dir.name == f"ppo_ddp_snake__1__{job_id}", run_dir
     assert f"resumed from runs/{run_dir.name}/checkpoints/update_{k:08d}.pt at update {k}," in log, log
     assert_ends_identical(run_dir, uninterrupted)
     assert wait_for(lambda: not slurm_cluster.processes_under(tmp_path), 15), slurm_cluster.processes_under(tmp_path)

@@ -62,9 +62,11 @@ def test_the_update_replays_the_rollout_from_its_first_memory(one_process_group)
     rollout left: its log-probs equal the reference's replay of the whole rollout (resets included), and each
     minibatch the update draws holds whole rooms, every step of each, and replays to the same log-probs."""
     args, env, agent = lstm_agent(num_steps=12, episode_length=5, num_minibatches=3)
-    loop = {"next_obs": env.reset(), "next_done": torch.zeros(6), "next_state": agent.initial_state(6, "cpu")}
-    fresh = arena.rollout(agent, env, loop, args)[-1]
-    b, _, ep, state0 = arena.rollout(agent, env, loop, args)
+    fresh = agent.initial_state(6, "cpu")
+    carry = {"next_obs": env.reset(), "next_done": torch.zeros(6), "next_state": fresh}
+    carry = arena.rollout(agent, env, carry, args)[-1]
+    state0 = carry["next_state"]  # the memory the first rollout left, from which the second one starts
+    b, _, ep, _ = arena.rollout(agent, env, carry, args)
     assert not fresh.any() and state0.abs().sum() > 0  # the memory carried over from the previous rollout
     assert b["dones"].sum(1).tolist() == [6 if t in (3, 8) else 0 for t in range(12)] and ep["episodes"] == 12
     with torch.no_grad():
@@ -82,13 +84,6 @@ def test_the_update_replays_the_rollout_from_its_first_memory(one_process_group)
         with torch.no_grad():
             logprob = agent(x["obs"], x["state"], x["dones"], x["actions"].long())[1]
         torch.testing.assert_close(logprob, flat["logprobs"][mb])
-
-
-@pytest.fixture
-def one_process_group():
-    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
-    yield
-    torch.distributed.destroy_process_group()
 
 
 def test_recurrent_ddp_update_equals_one_process(tmp_path):
@@ -125,8 +120,9 @@ def test_two_rank_runs_with_each_loss_and_the_model_plays(tmp_path, loss, flags,
     assert [r["update"] for r in rows] == ["1", "2", "3", "4"] and rows[-1]["eval/hearts"], rows[-1]
     assert {f.name for f in (run_dir / "checkpoints").iterdir()} == {"update_00000002.pt", "update_00000004.pt"}
     ckpt = torch.load(run_dir / "checkpoints/update_00000004.pt", weights_only=False)
-    assert [s.shape for s in ckpt["next_state"]] == [torch.Size([16, 2, 16])] * 2  # every rank's rooms' memory
-    assert not torch.equal(ckpt["next_state"][0], ckpt["next_state"][1])
+    memory = [r["next_state"] for r in ckpt["ranks"]]
+    assert [s.shape for s in memory] == [torch.Size([16, 2, 16])] * 2  # every rank's rooms' memory
+    assert not torch.equal(memory[0], memory[1])
     if "--capture-video" in flags:
         assert gif_frames(run_dir / "videos/update_00000004.gif") > 1
     if play:

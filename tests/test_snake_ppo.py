@@ -100,7 +100,7 @@ def test_checkpoint_has_no_prefix_and_loads_in_one_process(ddp_run):
         agent = snake.Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], snake.Args(**ckpt["args"]))
         agent.load_state_dict(ckpt["model"])  # strict: every key matches
     ckpt = torch.load(run_dir / "checkpoints" / "update_00000003.pt", map_location="cpu", weights_only=False)
-    assert ckpt["update"] == 3 and ckpt["global_step"] == 12288 and len(ckpt["env"]) == 2
+    assert ckpt["update"] == 3 and ckpt["global_step"] == 12288 and len(ckpt["ranks"]) == 2
     final = torch.load(run_dir / "final_model.pt", map_location="cpu", weights_only=False)
     assert all(torch.equal(final["model"][k], v) for k, v in ckpt["model"].items())
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import ROOT, explain, finish, progress, run, start
+from helpers import ROOT, explain, finish, progress, run, start, torchrun
 from optuna.trial import TrialState
 
 import tune
@@ -87,8 +87,8 @@ def test_a_study_of_three_trials_with_one_failing_then_its_best_command_runs(tmp
     line = p.stdout.split("its command:\n", 1)[1].splitlines()[0]
     assert line == (out / "best_command.txt").read_text().strip()
     assert line.startswith("torchrun --standalone --nproc-per-node=2 ") and "--num-minibatches" in line
-    argv = line.split()
-    q = run([sys.executable, "-m", "torch.distributed.run", *argv[1:], "--run-name", "best"], timeout=180, cwd=tmp_path)
+    script, *argv = line.split()[3:]  # after `torchrun --standalone --nproc-per-node=2`, torchrun()'s own launch
+    q = torchrun(script, *argv, "--run-name", "best", timeout=180, cwd=tmp_path)
     assert q.returncode == 0 and (tmp_path / "runs/best/final_model.pt").exists(), explain(q)
 
 
