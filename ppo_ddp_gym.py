@@ -524,8 +524,7 @@ def check_args(args: Args) -> None:
             raise ArgError(message)
 
 
-# TRY NOT TO MODIFY: the distributed machinery, the same byte for byte in every PPO script (tests/test_template.py
-# keeps it so). It needs only the contract above; docs/template.md says how each part works and why.
+# TRY NOT TO MODIFY: the machinery, byte-identical in every PPO script, needs only the contract above (docs/template.md)
 class StopEveryRank(RuntimeError):
     """A failure every rank raises alike (a checkpoint rank 0 could not write): one line each, exit code 1."""
 
@@ -537,17 +536,17 @@ stop_request = {"signal": 0}  # set by a signal; the ranks read every request to
 
 def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
     """Batch sizes and update count, or ArgError on what cannot train ({} while --num-envs 0 awaits agreement)."""
-    positive = "num_steps num_minibatches update_epochs total_timesteps eval_episodes learning_rate max_grad_norm"
-    for k in positive.split():
-        if getattr(args, k) <= 0:
-            raise ArgError(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
-    batch, steps = args.num_envs * args.num_steps, args.num_envs * args.num_steps * world_size  # 0 for --num-envs 0
+    v, positive = vars(args), "num_steps num_minibatches update_epochs total_timesteps eval_episodes learning_rate"
+    batch = args.num_envs * args.num_steps  # 0 for --num-envs 0, the checks on it pass
+    steps, parts = batch * world_size, max(1, args.num_minibatches)
     for ok, message in [
+        *((v[k] > 0, f"--{k.replace('_', '-')} must be positive, got {v[k]}") for k in positive.split()),
+        (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
         (args.num_envs >= 0, f"--num-envs must be positive (or 0 = auto), got {args.num_envs}"),
         (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive"),
         (min(args.checkpoint_interval, args.eval_interval) >= 0, "--checkpoint-interval and --eval-interval >= 0"),
         (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
-        (batch % args.num_minibatches == 0, f"batch {batch} not divisible by --num-minibatches {args.num_minibatches}"),
+        (batch % parts == 0, f"batch {batch} not divisible by --num-minibatches {args.num_minibatches}"),
         (args.total_timesteps >= steps, f"--total-timesteps {args.total_timesteps} is below one update's global batch"),
     ]:
         if not ok:
@@ -555,9 +554,8 @@ def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
     check_args(args)
     if not batch:
         return {}
-    mb, updates = batch // args.num_minibatches, args.total_timesteps // steps
     sizes = {"world_size": world_size, "batch_size_per_rank": batch, "global_batch_size": steps}
-    return {**sizes, "minibatch_size_per_rank": mb, "num_updates": updates}
+    return {**sizes, "minibatch_size_per_rank": batch // parts, "num_updates": args.total_timesteps // steps}
 
 
 # == Rollout and update ==
@@ -588,12 +586,10 @@ def rollout(policy, env, carry: dict, args: Args) -> tuple[dict, torch.Tensor, d
 
 def minibatches(n: int, num_minibatches: int, gen: torch.Generator, num_envs: int = 0) -> list[torch.Tensor]:
     """One epoch's indices into a flat time-major batch, the same permutation on every rank (of envs if num_envs)."""
-    if not num_envs:
-        perm, size = torch.randperm(n, generator=gen, device=gen.device), n // num_minibatches
-        return [perm[i : i + size] for i in range(0, n, size)]
-    perm, size = torch.randperm(num_envs, generator=gen, device=gen.device), num_envs // num_minibatches
-    steps = torch.arange(0, n, num_envs, device=gen.device)[:, None]
-    return [(steps + perm[i : i + size]).flatten() for i in range(0, num_envs, size)]
+    envs = num_envs or n  # without memory each sample is drawn alone
+    perm, size = torch.randperm(envs, generator=gen, device=gen.device), envs // num_minibatches
+    steps = torch.arange(0, n, envs, device=gen.device)[:, None]  # [[0]] without memory
+    return [(steps + perm[i : i + size]).flatten() for i in range(0, envs, size)]
 
 
 def minibatch(b: dict, mb: torch.Tensor, state0: torch.Tensor | None) -> dict:
@@ -643,7 +639,7 @@ def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: to
         raise FloatingPointError("non-finite weights after the update")
     dist.all_reduce(sums)
     keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
-    return {f"losses/{k}": (sums[i] / sums[5]).item() for i, k in enumerate(keys)}
+    return {f"losses/{k}": v for k, v in zip(keys, (sums[:5] / sums[5]).tolist(), strict=True)}  # one host copy
 
 
 def unused_parameters(agent: nn.Module, env, obs: torch.Tensor, args: Args) -> list[str]:
@@ -696,14 +692,16 @@ def agree_num_envs(args: Args, device: torch.device, local_world: int) -> int:
     return args.num_envs or auto_num_envs(int(cap.item()), args, dist.get_world_size())
 
 
-def on_rank0(fn, *args):
-    """fn(*args) run by rank 0 alone; its result, or the ArgError or StopEveryRank it raised, given to every rank."""
+def on_rank0(fn, *args, doing: str = "act for every rank"):
+    """fn(*args) run by rank 0 alone; its result, or its failure (an OSError: exit 1), given to every rank alike."""
     out = [None, None]
     if dist.get_rank() == 0:
         try:
             out[0] = fn(*args)
         except (ArgError, StopEveryRank) as e:
             out[1] = e
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            out[1] = StopEveryRank(f"cannot {doing}: {type(e).__name__}: {str(e).splitlines()[0]}")
     dist.broadcast_object_list(out, src=0)
     if out[1] is not None:
         raise out[1]
@@ -797,17 +795,8 @@ def restore_state(state: dict, agent, optimizers, minibatch_gen, env, carry: dic
 
 def save_checkpoint(path: Path, shared: dict, mine: dict) -> None:
     """Rank 0 writes the shared state and every rank's part as one file, atomically; a failed write stops all."""
-    ranks = gather_to_rank0(to_cpu(mine))
-
-    def write() -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save({**shared, "ranks": ranks}, path)
-        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-            why = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-            raise StopEveryRank(f"cannot write checkpoint {path}: {why}") from None
-
-    on_rank0(write)  # every rank stops alike; the earlier checkpoints stay loadable
+    ranks = gather_to_rank0(to_cpu(mine))  # a failed write stops every rank; the earlier checkpoints stay loadable
+    on_rank0(atomic_save, {**shared, "ranks": ranks}, path, doing=f"write checkpoint {path}")
 
 
 def restore_checkpoint(run_dir: Path, args: Args) -> dict | None:
@@ -818,7 +807,8 @@ def restore_checkpoint(run_dir: Path, args: Args) -> dict | None:
         ckpt.update(read_run_dir(run_dir, args) or {})
         return {k: v for k, v in ckpt.items() if k != "ranks"} or None
 
-    shared, mine = on_rank0(read), [None]
+    shared, mine = on_rank0(read, doing=f"read {run_dir}"), [None]
+
     if shared is not None:
         dist.scatter_object_list(mine, ckpt.get("ranks"), src=0)
     return shared and {**shared, **mine[0]}
@@ -862,6 +852,7 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
 def atomic_save(obj, path: Path) -> None:
     """torch.save (text: write) to a temporary name, then rename: a reader sees the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.write_text(obj) if isinstance(obj, str) else torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -870,8 +861,7 @@ def atomic_save(obj, path: Path) -> None:
             tmp.unlink()
 
 
-def to_cpu(x):
-    """A copy of nested dicts of tensors with every tensor on the CPU."""
+def to_cpu(x):  # a copy of nested dicts of tensors, every tensor on the CPU
     return {k: to_cpu(v) for k, v in x.items()} if isinstance(x, dict) else x.cpu() if torch.is_tensor(x) else x
 
 
@@ -940,15 +930,13 @@ def play(args: Args) -> int:
         train_args, name, policy = args, args.baseline, BASELINES[args.baseline](torch.Generator().manual_seed(1))
     else:
         ckpt = load_checkpoint(Path(args.eval_checkpoint))
-        train_args, name = Args(**{**ckpt["args"], "seed": args.seed}), "greedy"
+        saved = {k: v for k, v in ckpt["args"].items() if k in Args.__dataclass_fields__}  # an older file's fields too
+        train_args, name = Args(**{**saved, "seed": args.seed}), "greedy"
+
         agent = Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], train_args)
         agent.load_state_dict(ckpt["model"])
         policy = greedy(agent.eval())
-
-    def show(frame: str) -> None:
-        print("\033[H\033[J" + frame, flush=True)
-        time.sleep(1.0 / args.render_fps)
-
+    show = lambda frame: print("\033[H\033[J" + frame, flush=True) or time.sleep(1.0 / args.render_fps)  # noqa: E731
     episodes, frames = 1 if args.render else args.eval_episodes, [] if args.capture_video else None
     stats = evaluate(policy, train_args, episodes, show=show if args.render else None, frames=frames)
     if frames:  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
@@ -965,7 +953,6 @@ def play(args: Args) -> int:
 
 def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, update: int, step: int, args: Args) -> dict:
     """Evaluate a snapshot of the policy in a separate process (its log in run_dir/eval/)."""
-    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     snapshot, out = run_dir / f"eval/policy_{update:08d}.pt", run_dir / f"eval/update_{update:08d}_step_{step}.json"
     atomic_save({"model": agent.state_dict(), **meta}, snapshot)
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -982,12 +969,11 @@ def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[st
     """The ended evaluations into TensorBoard at their step, the newest returned; `wait` s for the rest, then kill."""
     deadline, latest = time.monotonic() + wait, {}
     for ev in list(evals):
-        if wait:
-            try:
+        if wait:  # then kill (a no-op on a process that has ended)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 ev["proc"].wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                ev["proc"].kill()
-                ev["proc"].wait()
+            ev["proc"].kill()
+            ev["proc"].wait()
         if ev["proc"].poll() is None:
             continue
         evals.remove(ev)
@@ -1031,7 +1017,7 @@ class RunLog(contextlib.AbstractContextManager):
     """Rank 0's outputs in runs/<run_name>/ (config.json, TensorBoard, progress.csv, wandb), closed on every exit."""
 
     def __init__(self, run_dir: Path, config: dict, args: Args, last_update: int, start_step: int):
-        run_dir.mkdir(parents=True, exist_ok=True)
+
         self.wandb, self.args, self.last_print, self.shown = None, args, 0.0, {}
         self.started, self.start_step = time.time(), start_step  # this session's pace gives the time left
         if args.track:  # imported only when asked for; before SummaryWriter, whose scalars it mirrors
@@ -1125,8 +1111,7 @@ def main() -> int:
         print(f"{num_envs} envs on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
 
-    # DDP set-up: every rank reaches every collective below in the same order
-    if use_cuda:
+    if use_cuda:  # DDP set-up: every rank reaches every collective below in the same order
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=args.dist_timeout)
     for sig in STOP_SIGNALS:  # from here a stop signal is a request, served at the next update (train)
@@ -1144,12 +1129,11 @@ def main() -> int:
         code = train(args, sizes, device, cpus)
         dist.barrier()  # a successful run ends together
         return code
-    except ArgError as e:  # found after start-up (e.g. --resume without a checkpoint): same on every rank
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (FloatingPointError, StopEveryRank) as e:  # raised on every rank alike (the gradients are all-reduced)
-        print(f"error: {e}: training stopped on every rank", file=sys.stderr)
-        return 1
+    except (ArgError, FloatingPointError, StopEveryRank) as e:  # each raised on every rank alike (the same verdict)
+        stopped = "" if isinstance(e, ArgError) else ": training stopped on every rank"  # bad input (2) or a failure
+        print(f"error: {e}{stopped}", file=sys.stderr)
+        return 1 if stopped else 2
+
     except KeyboardInterrupt:  # Ctrl-C: leave through `finally`, which shuts the process group down
         print(f"rank {rank}: interrupted; destroying the process group", file=sys.stderr)
         return 130
