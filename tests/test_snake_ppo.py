@@ -126,6 +126,17 @@ def test_eval_checkpoint(ddp_run, render):
     assert ("@" in p.stdout and "#" in p.stdout) == render  # frames drawn only with --render
 
 
+def test_eval_checkpoint_of_an_older_version(ddp_run, tmp_path):
+    """A final_model.pt written before a flag was dropped (Snake's one-value --loss) still plays: --eval-checkpoint
+    rebuilds Args from the fields this version has."""
+    _, run_dir, _ = ddp_run
+    ckpt = torch.load(run_dir / "final_model.pt", map_location="cpu", weights_only=False)
+    ckpt["args"]["loss"] = "ppo"
+    torch.save(ckpt, tmp_path / "older.pt")
+    p = python("ppo_ddp_snake.py", "--eval-checkpoint", str(tmp_path / "older.pt"), "--eval-episodes=2", timeout=120)
+    assert p.returncode == 0 and "2 greedy episodes: apples per episode" in p.stdout, explain(p)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
