@@ -42,7 +42,7 @@ class Args:
 #    the chart names the flags in which each other run's config.json differs from it --
 SNAKE_RUNS = {"snake_default": "default run"}
 ARENA_RUNS = {
-    "arena_default": "ppo (default)",
+    "arena_default": "ppo (the earlier defaults)",
     "arena_grpo": "grpo (critic-free)",
     "arena_action_supervised": "action_supervised (imitates the teacher)",
     "arena_no_shaping": "ppo, hearts-only reward",
@@ -54,10 +54,14 @@ MEMORY_RUNS = {  # the partially observed setting: mlp and lstm, two seeds each,
     "arena_po_lstm_s1": "lstm, seed 1",
     "arena_po_lstm_s2": "lstm, seed 2",
 }
-TUNED_RUNS = {  # tune.py's best flags against the defaults at the default length, seed by seed (docs/tune.md)
-    "arena_default": "defaults, seed 1",
-    "arena_default_s2": "defaults, seed 2",
-    "arena_tuned_s1": "tuned, seed 1",
+DEFAULTS_RUN = "arena_tuned_s1"  # a run at today's defaults: each Arena chart's commands are its flags against them
+TUNED_RUNS = {  # tune.py's best flags against the earlier defaults at the default length, seed by seed (docs/tune.md)
+    "arena_default": "earlier defaults, seed 1",
+    "arena_default_s2": "earlier defaults, seed 2",
+    "arena_default_s3": "earlier defaults, seed 3",
+    "arena_tuned_s1": "tuned (the defaults now), seed 1",
+    "arena_tuned_s2": "tuned, seed 2",
+    "arena_tuned_s3": "tuned, seed 3",
 }
 TUNED_STYLE = {
     name: {"color": "tab:orange" if "tuned" in name else "tab:blue", "ls": {"2": "--", "3": ":"}.get(name[-1], "-")}
@@ -172,7 +176,8 @@ def learning_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     caption(fig, "\n".join(lines))
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * len(lines), 1, 1))
+    rows = sum(-(-len(line) // 140) for line in lines)  # the caption's lines as wrapped
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * rows, 1, 1))
     return save(fig, out)
 
 
@@ -325,7 +330,14 @@ def main() -> int:
         made = [
             learning_curves(results, out / "snake_curve.png", SNAKE_RUNS, "snake", "snake/apples", "Snake", args),
             learning_curves(
-                results, out / "arena_curves.png", ARENA_RUNS, "arena", "arena/hearts", "Arena: ablations", args
+                results,
+                out / "arena_curves.png",
+                ARENA_RUNS,
+                "arena",
+                "arena/hearts",
+                "Arena: ablations of the earlier defaults",
+                args,
+                reference=DEFAULTS_RUN,
             ),
             learning_curves(
                 results,
@@ -335,7 +347,7 @@ def main() -> int:
                 "arena/hearts",
                 "Arena, partially observed: memory (--agent lstm) against none",
                 args,
-                reference="arena_default",
+                reference=DEFAULTS_RUN,
                 style=MEMORY_STYLE,
             ),
             gym_chart(results, out / "gym_returns.png", args),
@@ -346,9 +358,9 @@ def main() -> int:
                 TUNED_RUNS,
                 "arena",
                 "arena/hearts",
-                "Arena: tune.py's best flags against the defaults, 40M steps, seed by seed",
+                "Arena: tune.py's flags (the defaults now) against the earlier defaults, 40M steps",
                 args,
-                reference="arena_default",
+                reference=DEFAULTS_RUN,
                 style=TUNED_STYLE,
             ),
             benchmark_chart(results, out / "benchmark_ddp.png"),

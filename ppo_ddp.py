@@ -68,15 +68,15 @@ class Args:
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
     """rooms per rank; 0 = auto: what the smallest rank's device holds, leaving >= 100 updates (docs/launching.md)"""
-    num_steps: int = 64
+    num_steps: int = 32
     """steps per room per rollout (per-rank batch = num_envs * num_steps)"""
-    num_minibatches: int = 4
+    num_minibatches: int = 8
     """minibatches per epoch; each rank's batch is split the same way, a global minibatch spans all ranks"""
-    update_epochs: int = 2
+    update_epochs: int = 4
     """passes over the batch per update"""
     optimizer: Literal["adam", "muon"] = "adam"
     """adam; or muon: torch.optim.Muon for the 2-D hidden weight matrices, Adam for the rest"""
-    learning_rate: float = 1e-3
+    learning_rate: float = 6.7e-4
     """initial learning rate"""
     lr_schedule: Schedule = "cosine"
     """how the learning rate goes from learning_rate to lr_final over total_timesteps (formulas: docs/arena.md)"""
@@ -88,7 +88,7 @@ class Args:
     """schedule of clip_coef"""
     clip_final: float = 0.1
     """clip_coef at the end"""
-    ent_coef: float = 0.01
+    ent_coef: float = 0.043
     """initial entropy bonus coefficient"""
     ent_schedule: Schedule = "linear"
     """schedule of ent_coef"""

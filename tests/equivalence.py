@@ -14,14 +14,16 @@ import torch
 HALF = 64  # samples per rank; the global batch is 2 * HALF
 LR = 0.05  # SGD: the scale of the gradient shows in the weights (Adam would hide a sum in place of a mean)
 SEED_PERM = 7
-CLIP, ENT_COEF, VF_COEF = 0.2, 0.01, 0.5  # the scripts' defaults at progress 0 (clip, entropy, value)
+CLIP, ENT_COEF, VF_COEF = 0.2, 0.01, 0.5  # clip and value: every script's default at progress 0; entropy: passed
 
 
 def make_problem(script: str, target_kl: float | None):
     """(module, Args, agent, global batch): the same on every call. Half 1's observations are blank, so the policy
     moves less on its states (only the biases reach them) and the two halves see different KLs."""
     mod = importlib.import_module(script)
-    args = mod.Args(hidden_size=32, num_minibatches=4, update_epochs=4, target_kl=target_kl, max_grad_norm=1e6)
+    args = mod.Args(
+        hidden_size=32, num_minibatches=4, update_epochs=4, target_kl=target_kl, max_grad_norm=1e6, ent_coef=ENT_COEF
+    )
     env = mod.Env(8, "cpu", 3, 0, args)
     torch.manual_seed(0)
     agent = mod.Agent(env.obs_shape, env.n_actions, args)
@@ -127,7 +129,9 @@ def make_recurrent_problem():
     """(module, Args, agent, batch [T, 2N, ...], state0 [2N, 2, h]) for 2 ranks of N rooms: the same on every
     call. The rollout's log-probs and values come from the reference itself."""
     mod = importlib.import_module("ppo_ddp")
-    args = mod.Args(agent="lstm", hidden_size=16, num_steps=T_REC, num_minibatches=2, update_epochs=2)
+    args = mod.Args(
+        agent="lstm", hidden_size=16, num_steps=T_REC, num_minibatches=2, update_epochs=2, ent_coef=ENT_COEF
+    )
     args.max_grad_norm = 1e6
     env = mod.Env(1, "cpu", 3, 0, args)
     torch.manual_seed(0)
