@@ -1,9 +1,11 @@
 """The README and its pages in docs/ say what is true: CI runs the README's test command, the Correctness and
-Faults tables name tests that exist, and every link between the pages leads somewhere."""
+Faults tables name tests that exist, every link between the pages leads somewhere, and the CartPole seeds' figures
+are those of results/."""
 
+import json
 import re
 
-from helpers import ROOT
+from helpers import ROOT, python
 
 
 def pages() -> list:
@@ -125,3 +127,22 @@ def test_the_link_check_sees_a_broken_link(tmp_path):
         "../gone.png (no such file)",
         "#c (no such heading in b.md)",
     ]
+
+
+def test_the_cartpole_seed_figures_are_what_the_results_give():
+    """results/cartpole_seeds.json is recomputed from the runs in results/, and the Gymnasium page's table is it."""
+    p = python("results/cartpole_seeds.py", "--check", timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads((ROOT / "results/cartpole_seeds.json").read_text())
+    rows = table_rows((ROOT / "docs/gym.md").read_text(), "| CartPole-v1, 500k steps | last 10 updates")
+    assert len(rows) == 3, rows
+    for row, who in zip(rows, ("ours", "cleanrl_here"), strict=False):
+        cells = []
+        for m in data["measures"].values():
+            s = m[who]
+            lo, hi = s["ci95"]
+            share = s["share_of_3_seed_means_at_or_above_bar"]
+            cells += [f"{s['seeds_1_3']:.1f}", f"**{s['all_seeds']:.1f}** [{lo:.1f}, {hi:.1f}]", f"{share:.0%}"]
+        assert [c.strip() for c in row.strip("|").split("|")][1:] == cells, row
+    p_values = [f"{m['permutation_p']:.2f}" for m in data["measures"].values()]
+    assert [c.strip() for c in rows[2].strip("|").split("|")][1:] == ["", p_values[0], "", "", p_values[1], ""]
