@@ -64,12 +64,11 @@ def summary(values: dict[int, float]) -> dict:
 def permutation_p(a: list[float], b: list[float]) -> float:
     """Two-sided exact permutation test of the difference of the means."""
     pooled, observed = a + b, abs(statistics.mean(a) - statistics.mean(b))
-    total, hits = sum(a + b), 0
-    splits = list(itertools.combinations(range(len(pooled)), len(a)))
-    for idx in splits:
-        s = sum(pooled[i] for i in idx)
+    total, hits = sum(pooled), 0
+    for part in itertools.combinations(pooled, len(a)):
+        s = sum(part)
         hits += abs(s / len(a) - (total - s) / len(b)) >= observed - 1e-9
-    return hits / len(splits)
+    return hits / math.comb(len(pooled), len(a))
 
 
 def measure() -> dict:
