@@ -50,8 +50,8 @@ class Args:
     steps_per_process: int = 2_457_600
     """environment steps of each process in every arm (Snake's defaults: 75 updates)"""
     num_envs: int = 256
-    """envs per process in every arm: what --num-envs 0 gives a one-thread rank in a default run (the total here
-    is too small for --num-envs 0 to pick as many)"""
+    """envs per process in every arm: what --num-envs 0 gives a one-thread rank in a default run (the total
+    here is too small for --num-envs 0 to pick as many)"""
     skip: int = 5
     """first updates of each run left out of its median (start-up)"""
     extra: str = ""
@@ -81,7 +81,15 @@ def launch(args: Args, arm: str, out: Path) -> list[Path]:
     """Start one arm, wait for it, return the run directories whose progress.csv hold its figures."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    flags = ["--no-cuda", "--num-envs", str(args.num_envs), "--eval-interval", "0", "--checkpoint-interval", "0"]
+    flags = [
+        "--no-cuda",
+        "--num-envs",
+        str(args.num_envs),
+        "--eval-interval",
+        "0",
+        "--checkpoint-interval",
+        "0",
+    ]
     flags += ["--print-interval", "1e9"]
     script, steps, name = str(ROOT / args.script), args.steps_per_process, arm.replace(" ", "_")
     jobs = []  # (command, CPU to pin it to or None, run name)
@@ -89,7 +97,9 @@ def launch(args: Args, arm: str, out: Path) -> list[Path]:
         jobs.append(([script, "--total-timesteps", str(steps)], cpus[0], name))
     elif arm == "2 independent":
         for i in (0, 1):
-            jobs.append(([script, "--total-timesteps", str(steps), "--seed", str(1 + i)], cpus[i], f"{name}_{i}"))
+            jobs.append(
+                ([script, "--total-timesteps", str(steps), "--seed", str(1 + i)], cpus[i], f"{name}_{i}")
+            )
     else:
         torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
         jobs.append(([*torchrun, script, "--total-timesteps", str(2 * steps)], None, name))

@@ -106,7 +106,9 @@ def validate(args: Args) -> str | None:
     if args.aux_heads < 0:
         return f"--aux-heads must be >= 0, got {args.aux_heads}"
     if args.warmup < 3:
-        return f"--warmup must be >= 3 (DDP reports an unused parameter by the 3rd iteration), got {args.warmup}"
+        return (
+            f"--warmup must be >= 3 (DDP reports an unused parameter by the 3rd iteration), got {args.warmup}"
+        )
     if args.iterations % args.block_size or args.iterations < 2 * args.block_size:
         n, b = args.iterations, args.block_size
         return f"--iterations ({n}) must be a multiple of --block-size ({b}), and at least 2 blocks"
@@ -216,7 +218,10 @@ def verdict(ci: np.ndarray, base_ci: np.ndarray, ratio_ci: np.ndarray) -> str:
     if slower and ci[0] > base_ci[1]:
         return "slower"
     if faster or slower:  # drift widens each CI; pairing by round removes it from the ratio
-        return f"no significant difference (CIs overlap; the paired ratio says {'faster' if faster else 'slower'})"
+        return (
+            "no significant difference (CIs overlap; "
+            f"the paired ratio says {'faster' if faster else 'slower'})"
+        )
     return "no significant difference"
 
 
@@ -377,7 +382,9 @@ def benchmark(args: Args, rank: int, world: int, device: torch.device) -> dict |
             "grads": grads[a],
             "replicas_identical": identical[a],
             "per_rank_total_mean_ms": per_rank[:, k, :, -1].mean(1).tolist(),
-            "iterations_ms": {p: np.round(per_rank[:, k, :, j].max(0), 5).tolist() for j, p in enumerate(PHASES)},
+            "iterations_ms": {
+                p: np.round(per_rank[:, k, :, j].max(0), 5).tolist() for j, p in enumerate(PHASES)
+            },
         }
     return {"baseline": baseline, "approaches": results}
 
@@ -428,10 +435,13 @@ def main() -> None:
             print(f"\nStatistics: {method}", flush=True)
             if args.json_out:
                 with open(args.json_out, "w") as f:
-                    json.dump({"machine": machine, "args": asdict(args), "method": method, **out}, f, indent=1)
+                    json.dump(
+                        {"machine": machine, "args": asdict(args), "method": method, **out}, f, indent=1
+                    )
         dist.barrier()
     finally:
-        gc.collect()  # free the DDP units (reference cycles) while the process group exists (docs/unused-parameters.md)
+        # free the DDP units (reference cycles) while the process group exists (docs/unused-parameters.md)
+        gc.collect()
         dist.destroy_process_group()
 
 

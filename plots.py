@@ -1,14 +1,17 @@
-"""Every chart in the README, drawn from what the runs and benchmarks wrote: nothing in here is a typed-in figure.
+"""Every chart in the README, drawn from what the runs and benchmarks wrote: nothing in here is a
+typed-in figure.
 
-  python plots.py                                   # results/ -> the PNGs next to the README
+  python plots.py                                   # results/ -> the PNGs in docs/img/
   python plots.py --results R --out-dir D           # another results directory (the tests use a small one)
 
 Reads, under --results (see results/README.md for the command that made each file):
   <run>/progress.csv, <run>/config.json   training runs: every update's metrics, the resolved flags
-  baselines/<script>[_<setting>]_<policy>.json   `python SCRIPT --baseline POLICY --eval-episodes 1000 --eval-json ...`
+  baselines/<script>[_<setting>]_<policy>.json   `python SCRIPT --baseline POLICY --eval-episodes 1000
+                                                 --eval-json ...`
   bench_ddp.json                          `torchrun ... benchmark_ddp.py --json-out ...`
   scaling_*.json                          `python bench_scaling.py [--script ppo_ddp.py] --json-out ...`
-  cleanrl_published.json                  CleanRL's published returns (its docs), beside ours in gym_returns.png
+  cleanrl_published.json                  CleanRL's published returns (its docs), beside ours in
+                                          gym_returns.png
 matplotlib is a development requirement (requirements-dev.txt); the training scripts never import it.
 """
 
@@ -32,14 +35,14 @@ ROOT = Path(__file__).resolve().parent
 class Args:
     results: str = str(ROOT / "results")
     """the directory the runs and benchmarks were saved to"""
-    out_dir: str = str(ROOT)
-    """where the PNGs go (the README shows them from the repository's root)"""
+    out_dir: str = str(ROOT / "docs" / "img")
+    """where the PNGs go (the README and docs/ show them from docs/img/)"""
     window: int = 20
     """updates in the moving average of an episode metric (weighted by the episodes that ended in each)"""
 
 
-# -- what each chart shows: results/<run> -> its label. The first run of a chart is its reference; the command under
-#    the chart names the flags in which each other run's config.json differs from it --
+# -- what each chart shows: results/<run> -> its label. The first run of a chart is its reference; the
+#    command under the chart names the flags in which each other run's config.json differs from it --
 SNAKE_RUNS = {"snake_default": "default run"}
 ARENA_RUNS = {
     "arena_default": "ppo (the earlier defaults)",
@@ -48,14 +51,17 @@ ARENA_RUNS = {
     "arena_no_shaping": "ppo, hearts-only reward",
     "arena_constant": "ppo, constant schedules",
 }
-MEMORY_RUNS = {  # the partially observed setting: mlp and lstm, two seeds each, against the default run's flags
+# the partially observed setting: mlp and lstm, two seeds each, against the default run's flags
+MEMORY_RUNS = {
     "arena_po_mlp_s1": "mlp, seed 1",
     "arena_po_mlp_s2": "mlp, seed 2",
     "arena_po_lstm_s1": "lstm, seed 1",
     "arena_po_lstm_s2": "lstm, seed 2",
 }
-DEFAULTS_RUN = "arena_tuned_s1"  # a run at today's defaults: each Arena chart's commands are its flags against them
-TUNED_RUNS = {  # tune.py's best flags against the earlier defaults at the default length, seed by seed (docs/tune.md)
+# a run at today's defaults: each Arena chart's commands are its flags against them
+DEFAULTS_RUN = "arena_tuned_s1"
+# tune.py's best flags against the earlier defaults at the default length, seed by seed (docs/tune.md)
+TUNED_RUNS = {
     "arena_default": "earlier defaults, seed 1",
     "arena_default_s2": "earlier defaults, seed 2",
     "arena_default_s3": "earlier defaults, seed 3",
@@ -64,16 +70,25 @@ TUNED_RUNS = {  # tune.py's best flags against the earlier defaults at the defau
     "arena_tuned_s3": "tuned, seed 3",
 }
 TUNED_STYLE = {
-    name: {"color": "tab:orange" if "tuned" in name else "tab:blue", "ls": {"2": "--", "3": ":"}.get(name[-1], "-")}
+    name: {
+        "color": "tab:orange" if "tuned" in name else "tab:blue",
+        "ls": {"2": "--", "3": ":"}.get(name[-1], "-"),
+    }
     for name in TUNED_RUNS
 }
 MEMORY_STYLE = {
     name: {"color": "tab:orange" if "lstm" in name else "tab:blue", "ls": "-" if name[-1] == "1" else "--"}
     for name in MEMORY_RUNS
 }
-# config.json keys left out of a run's command: not flags (sizes derived from them, placement), or flags that only
-# change what is printed or saved
-NOT_FLAGS = {"world_size", "batch_size_per_rank", "global_batch_size", "minibatch_size_per_rank", "num_updates"}
+# config.json keys left out of a run's command: not flags (sizes derived from them, placement), or flags that
+# only change what is printed or saved
+NOT_FLAGS = {
+    "world_size",
+    "batch_size_per_rank",
+    "global_batch_size",
+    "minibatch_size_per_rank",
+    "num_updates",
+}
 NOT_FLAGS |= {"torch_version", "device", "ranks"}
 NOT_FLAGS |= {"run_name", "print_interval", "checkpoint_interval", "track", "wandb_project_name"}
 # Each chart's scripted levels: baselines/<file>.json -> line style; the policy is the file name's last part.
@@ -112,8 +127,9 @@ def read_progress(run_dir: Path) -> list[dict[str, str]]:
 
 
 def episode_curve(rows: list[dict[str, str]], metric: str, window: int) -> tuple[list[float], list[float]]:
-    """(global steps, moving average of `metric`): each update's value is the mean over the episodes that ended
-    in it (empty when none did), so the average over `window` updates weighs each by its episode count."""
+    """(global steps, moving average of `metric`): each update's value is the mean over the episodes that
+    ended in it (empty when none did), so the average over `window` updates weighs each by its episode
+    count."""
     xs, ys, acc = [], [], []
     for row in rows:
         if row.get(metric):
@@ -140,7 +156,9 @@ def flags(config: dict, reference: dict) -> str:
         if key in NOT_FLAGS or (key in reference and reference[key] == value):
             continue
         flag = key.replace("_", "-")
-        out.append(f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}")
+        out.append(
+            f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}"
+        )
     return " ".join(out)
 
 
@@ -151,12 +169,14 @@ def caption(fig, text: str) -> None:
 def learning_curves(
     results: Path, out: Path, runs: dict, chart: str, metric: str, title: str, args: Args, **kw
 ) -> Path:
-    """One line per run against global steps, with the baselines' levels (BASELINES[chart]) as horizontal lines.
-    Each run's command: its flags against kw["reference"] (a run under results/), else against the first run.
-    kw["style"]: matplotlib keywords per run."""
+    """One line per run against global steps, with the baselines' levels (BASELINES[chart]) as horizontal
+    lines. Each run's command: its flags against kw["reference"] (a run under results/), else against the
+    first run. kw["style"]: matplotlib keywords per run."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
     lines, script = [], "ppo_ddp_snake" if chart == "snake" else "ppo_ddp"
-    reference = json.loads(need(results / kw["reference"] / "config.json").read_text()) if "reference" in kw else None
+    reference = (
+        json.loads(need(results / kw["reference"] / "config.json").read_text()) if "reference" in kw else None
+    )
     for name, label in runs.items():
         rows = read_progress(results / name)
         xs, ys = episode_curve(rows, metric, args.window)
@@ -182,9 +202,9 @@ def learning_curves(
 
 
 def gym_chart(results: Path, out: Path, args: Args) -> Path:
-    """ppo_ddp_gym.py: each env's seeds against global steps, and CleanRL's published return (mean +- std over its
-    3 seeds) at the steps of its runs. Each command names the flags that differ from the script's defaults (its
-    golden file)."""
+    """ppo_ddp_gym.py: each env's seeds against global steps, and CleanRL's published return (mean +- std over
+    its 3 seeds) at the steps of its runs. Each command names the flags that differ from the script's defaults
+    (its golden file)."""
     published = json.loads(need(results / "cleanrl_published.json").read_text())
     fig, axes = plt.subplots(1, len(GYM_RUNS), figsize=(5 * len(GYM_RUNS), 4), squeeze=False)
     lines = []
@@ -200,7 +220,8 @@ def gym_chart(results: Path, out: Path, args: Args) -> Path:
         defaults = {**json.loads((ROOT / "tests/golden/ppo_ddp_gym.json").read_text()), "seed": ref["seed"]}
         seeds = f" --seed 1..{len(runs)}" if len(runs) > 1 else ""
         lines.append(f"{env_id}: {launch} {flags(ref, defaults)}{seeds}")
-        ours, steps = max(x for line in ax.get_lines() for x in line.get_xdata()), published[env_id]["steps"] / 1e6
+        ours = max(x for line in ax.get_lines() for x in line.get_xdata())
+        steps = published[env_id]["steps"] / 1e6
         for script, (mean, std) in ((k, v) for k, v in published[env_id].items() if k.endswith(".py")):
             label = f"CleanRL {script}: {mean:.1f} ± {std:.1f} at {steps:g}M"
             if steps <= 1.5 * ours:
@@ -250,7 +271,8 @@ def benchmark_chart(results: Path, out: Path) -> Path:
         fig,
         f"torchrun --standalone --nproc-per-node={m['world_size']} benchmark_ddp.py: {m['device_name']}, "
         f"{m['backend']}, {m['world_size']} ranks x {m['threads_per_rank']} thread, torch {m['torch']}, "
-        f"{m['date'][:10]}; {a['iterations']} iterations per approach in interleaved blocks of {a['block_size']}. "
+        f"{m['date'][:10]}; {a['iterations']} iterations per approach "
+        f"in interleaved blocks of {a['block_size']}. "
         f"Not timed, they fail: {', '.join(BENCH_LABELS.get(k, k) for k in failed) or 'none'}.",
     )
     fig.tight_layout(rect=(0, 0.07, 1, 1))
@@ -261,7 +283,9 @@ def scaling_chart(results: Path, out: Path) -> Path:
     """bench_scaling.py: global steps/s of each arm, median and every round, for each script measured."""
     files = sorted(results.glob("scaling_*.json"))
     if not files:
-        raise ResultError(f"{results}/scaling_*.json: none (results/README.md says which command writes them)")
+        raise ResultError(
+            f"{results}/scaling_*.json: none (results/README.md says which command writes them)"
+        )
     found = {f.stem: json.loads(f.read_text()) for f in files}
     fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 4), squeeze=False)
     notes = []
@@ -271,7 +295,9 @@ def scaling_chart(results: Path, out: Path) -> Path:
         ax.bar(range(len(arms)), [m / 1e3 for m in meds], color=["0.6", "tab:green", "tab:blue"][: len(arms)])
         for i, a in enumerate(arms):
             ax.plot([i] * len(res["sps"][a]), [v / 1e3 for v in res["sps"][a]], "k.", ms=5)
-            ax.text(i, meds[i] / 2e3, f"{meds[i] / 1e3:.0f}k", ha="center", va="center", fontsize=9, color="w")
+            ax.text(
+                i, meds[i] / 2e3, f"{meds[i] / 1e3:.0f}k", ha="center", va="center", fontsize=9, color="w"
+            )
         ratio = statistics.median(res["ratios"]["DDP / 1 rank"])
         ax.set_xticks(range(len(arms)), arms, fontsize=8)
         ax.set_ylabel("global env steps/s (thousands)")
@@ -287,7 +313,7 @@ def scaling_chart(results: Path, out: Path) -> Path:
 
 
 def tune_chart(results: Path, out: Path, study: str = "tune_arena") -> Path:
-    """tune.py's study: each trial's objective (pruned trials at their last reported value), the best so far."""
+    """tune.py's study: each trial's objective (pruned ones at their last reported value), the best so far."""
     with open(need(results / study / "trials.csv"), newline="") as f:
         trials = list(csv.DictReader(f))
     done = [(int(t["number"]), float(t["value"])) for t in trials if t["state"] == "COMPLETE"]
@@ -297,7 +323,9 @@ def tune_chart(results: Path, out: Path, study: str = "tune_arena") -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.4))
     ax.scatter(*zip(*done, strict=True), color="tab:blue", label="completed", zorder=3)
     if cut:
-        ax.scatter(*zip(*cut, strict=True), color="tab:red", marker="x", label="pruned (its last reported value)")
+        ax.scatter(
+            *zip(*cut, strict=True), color="tab:red", marker="x", label="pruned (its last reported value)"
+        )
     best = [max(v for n, v in done if n <= k) for k, _ in done]
     ax.step([n for n, _ in done], best, where="post", color="tab:green", label="best so far")
     first = next(t for t in trials if t["state"] == "COMPLETE")
@@ -306,7 +334,9 @@ def tune_chart(results: Path, out: Path, study: str = "tune_arena") -> Path:
     config = json.loads(need(results / study / "study.json").read_text())
     ax.set(xlabel="trial", ylabel=f"{config['metric']}, mean over the last 10% of updates")
     ran, steps = sum(t["state"] != "WAITING" for t in trials), config["total_timesteps"] / 1e6
-    ax.set_title(f"tune.py, study {config['study_name']}: {ran} trials of {steps:g}M steps, {len(done)} completed")
+    ax.set_title(
+        f"tune.py, study {config['study_name']}: {ran} trials of {steps:g}M steps, {len(done)} completed"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     caption(fig, config["command"])
@@ -328,7 +358,9 @@ def main() -> int:
     results, out = Path(args.results), Path(args.out_dir)
     try:
         made = [
-            learning_curves(results, out / "snake_curve.png", SNAKE_RUNS, "snake", "snake/apples", "Snake", args),
+            learning_curves(
+                results, out / "snake_curve.png", SNAKE_RUNS, "snake", "snake/apples", "Snake", args
+            ),
             learning_curves(
                 results,
                 out / "arena_curves.png",

@@ -7,6 +7,7 @@
 Each rank steps its own boards (seeded by global board id), collects a rollout with the plain module,
 and trains through the DDP wrapper, which averages gradients over ranks: one model, one optimizer
 state, identical weights everywhere. Rank 0 alone logs, evaluates and writes runs/<run_name>/.
+Yours to edit: everything above the marked line near the middle, the PPO loop (`train`) included.
 """
 
 import contextlib
@@ -21,8 +22,9 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -58,7 +60,7 @@ class Args:
     total_timesteps: int = 40_000_000
     """environment steps of all ranks together (global)"""
     num_envs: int = 0
-    """boards per rank; 0 = auto: what the smallest rank's device holds, leaving >= 100 updates (docs/launching.md)"""
+    """boards per rank; 0 = auto: as many as the smallest rank's device holds, leaving >= 100 updates"""
     num_steps: int = 128
     """steps per board per rollout (per-rank batch = num_envs * num_steps; docs/scaling.md on its length)"""
     num_minibatches: int = 4
@@ -102,11 +104,11 @@ class Args:
 
     # DDP
     find_unused: Literal["auto", "on", "off"] = "auto"
-    """DDP(find_unused_parameters): auto = on iff the loss leaves a parameter unused; --[no-]find-unused = on / off"""
+    """DDP(find_unused_parameters): auto = on iff the loss leaves a parameter unused; --[no-]find-unused"""
     static_graph: bool = False
     """DDP(static_graph=True)"""
     pin_cpus: bool = True
-    """on CPU, keep each local rank to its own share of the CPUs the launcher allows (off: the OS places them)"""
+    """on CPU, keep each local rank to its own share of the CPUs the launcher allows (off: the OS places)"""
     dist_timeout: float = 600.0
     """seconds any collective may wait (e.g. for rank 0's evaluation) before the job fails"""
 
@@ -118,9 +120,9 @@ class Args:
     eval_episodes: int = 32
     """episodes per evaluation (played in parallel, one per board)"""
     eval_mode: Literal["local", "async", "none"] = "local"
-    """local: rank 0 evaluates in-process; async: a separate process, training going on; none: no evaluation"""
+    """local: rank 0 evaluates in-process; async: in a separate process, training going on; none: never"""
     resume: bool = False
-    """continue runs/<run_name>/ from its newest checkpoint (a restart does so itself); same world size, schedules"""
+    """continue runs/<run_name>/ from its newest checkpoint (a restart does so itself); same schedules"""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 runs the forward passes under autocast"""
     compile: bool = False
@@ -140,7 +142,7 @@ class Args:
     render: bool = False
     """with --eval-checkpoint: draw the board in the terminal, frame by frame"""
     capture_video: bool = False
-    """a GIF of one greedy episode per evaluation in runs/<run_name>/videos/ (with --eval-checkpoint P: beside P)"""
+    """a GIF of a greedy episode per evaluation, in runs/<run_name>/videos/ (--eval-checkpoint P: beside P)"""
     render_fps: float = 10.0
     """frames per second of --render"""
 
@@ -149,24 +151,24 @@ class ArgError(ValueError):
     """A bad flag or combination: one line on stderr, exit code 2."""
 
 
-# Yours to edit, from Args down to the marked line below: the environment, the agent, the loss. A third script
-# is a copy of this one with this part rewritten. The machinery below that line needs:
-#   Args: the fields it reads (run control, DDP, the sizes, learning_rate, max_grad_norm, target_kl)
-#   Env(num_envs, device, seed, env_id_offset, cfg): vectorized on `device`, its settings read from cfg (bad
-#     ones raise ArgError); .num_envs, .device, .obs_shape, .n_actions, .max_episode_steps; reset() -> obs;
-#     step(actions) -> (obs, reward, done, info) with each finished episode's metrics in info where done, and
-#     auto-reset; state_dict() / load_state_dict() for exact resume
-#   EPISODE_METRICS {info key: tag}; render(env, i) -> str; draw(env, i) -> uint8 image [H, W, 3] (a GIF frame)
-#   BASELINES {name: make(generator) -> policy(env, obs)}
-#   Agent(obs_shape, n_actions, cfg): .initial_state(n, device) -> the memory [n, ...] of n envs at an episode's
-#     start (None: none); .forward(obs, state=None, done=None, action=None, greedy=False) -> (action, logprob,
-#     entropy, value, state) over T steps of n envs, time-major [T * n, ...] (docs/template.md says more)
-#   make_optimizers(agent, args) -> [optimizer]; schedules_at(args, p) -> {"learning_rate": ..., ...}
-#   rollout_extras(env, args) -> {name: [N] tensor} stored with each step (e.g. a teacher's actions)
-#   compute_advantages(b, next_value, next_done, args) -> (advantages, returns), b holding [T, N] tensors
-#   compute_loss(model, mb, args, coef) -> (loss, [policy, value, entropy, approx_kl, clipfrac]), mb holding a
-#     minibatch's tensors (the rollout's keys, advantages, norm_advantages, returns) and its envs' first "state"
-#   check_args(args): raise ArgError on what cannot train
+# Yours to edit, from Args down to the marked line below: the environment, the agent, the algorithm, its loop.
+# A new script is a copy of this one with this part rewritten (docs/template.md). The operations below the
+# line use these names from above it (tests/test_template.py checks the list):
+#   Args: the fields of run control, DDP and sizes (seed, num_envs, num_steps, total_timesteps, eval_*, ...)
+#   ArgError: a bad setting, one line and exit code 2 on every rank
+#   Env(num_envs, device, seed, env_id_offset, cfg): .num_envs, .device, .env_ids (global ids: no two ranks
+#     alike), .obs_shape, .n_actions, .max_episode_steps, .steps_on ("device": vectorized in torch; "cpu":
+#     one env per core); reset() -> obs; step(actions) -> (obs, reward, done, info), tensors on device,
+#     auto-reset, each ended game's metrics in info where info["game_over"] (default: done); state_dict()
+#     (None: the envs cannot save their state, a resume restarts their episodes) and load_state_dict()
+#   EPISODE_METRICS: {info key: tag}, the first the headline; BASELINES: {name: make(generator) ->
+#     policy(env, obs)}, "random" valid random actions (--bench-env plays them); render(env, i) -> str;
+#     draw(env, i) -> RGB image
+#   Agent(obs_shape, n_actions, args): initial_memory(n, device) (None: no memory) and forward(obs, memory,
+#     done, action=None, greedy=False) -> (action, logprob, entropy, value, memory): evaluation plays it
+#   check_args(args, world_size): ArgError on a setting of this part; train(args, run): the loop, calling the
+#     services of `run` (resume, find_unused, count_episodes, timed, end_update) and the DDP-way helpers
+#     (normalize_over_ranks, mean_over_ranks)
 
 
 # == Environment: Snake, vectorized in torch on the training device ==
@@ -184,20 +186,20 @@ def _mix64(z: torch.Tensor) -> torch.Tensor:
 
 
 class SnakeEnv:
-    """`num_envs` Snake boards stepped together, each restarting at once when it ends (state: docs/snake.md)."""
+    """`num_envs` Snake boards stepped together, each restarting at once when it ends (docs/snake.md)."""
 
     n_actions = 4
     steps_on = "device"  # vectorized in torch: --num-envs 0 sizes the boards by device memory
     UP, RIGHT, DOWN, LEFT = range(4)  # absolute directions; reversing into the neck keeps going straight
     _STATE = ("life", "head", "direction", "length", "apple", "hunger", "steps", "draws", "key")
 
-    def __init__(self, num_envs: int, device="cpu", seed: int = 1, env_id_offset: int = 0, cfg: Args | None = None):
+    def __init__(
+        self, num_envs: int, device="cpu", seed: int = 1, env_id_offset: int = 0, cfg: Args | None = None
+    ):
         cfg = cfg or Args()
-        size = cfg.board_size
-        if not 3 <= size <= 15:  # the snake of 3 must fit in a row; a body cell's life must fit in uint8
-            raise ArgError(f"--board-size must be in [3, 15] (a snake of 3 fits; life fits uint8), got {size}")
-        if cfg.max_steps_without_food < 0:
-            raise ArgError("--max-steps-without-food must be >= 0")
+        size = (
+            cfg.board_size
+        )  # in [3, 15] (check_args): a snake of 3 fits in a row, a body cell's life in uint8
         self.num_envs, self.size, self.area = num_envs, size, size * size
         self.device = torch.device(device)
         self.unit = 255 // self.area  # so the body channel spans [0, 255] like head and apple
@@ -209,10 +211,10 @@ class SnakeEnv:
         self.head, self.direction, self.length, self.apple, self.hunger, self.steps, self.draws = (
             torch.zeros(n, dtype=torch.long, device=dev) for _ in range(7)
         )
-        gid = torch.arange(env_id_offset, env_id_offset + n, device=dev)
-        self.key = _mix64(_mix64(torch.full_like(gid, seed)) + gid)  # each board's stream: hash(seed, id)
+        self.env_ids = torch.arange(env_id_offset, env_id_offset + n, device=dev)  # global board ids
+        self.key = _mix64(_mix64(torch.full_like(self.env_ids, seed)) + self.env_ids)  # each board's stream
         self._all = torch.arange(n, device=dev)
-        self._fixed_shapes = self.device.type != "cpu"  # see _subset; tests flip it to check both paths agree
+        self.fixed_shapes = self.device.type != "cpu"  # see _subset: both ways give the same boards
         self._move = torch.tensor([[-1, 0], [0, 1], [1, 0], [0, -1]], device=dev)  # (d_row, d_col) per action
         self._start_life = torch.tensor([3, 2, 1], dtype=torch.int16, device=dev) * self.unit  # head to tail
         self.reset()
@@ -230,7 +232,7 @@ class SnakeEnv:
         return self._obs()
 
     def step(self, actions: torch.Tensor):
-        """Move every snake one cell: obs, reward, done and in `info` (where done) each episode's statistics."""
+        """Move every snake one cell: obs, reward, done and in `info` (where done) each episode's metrics."""
         size = self.size
         actions = actions.long()
         self.direction = torch.where(actions == (self.direction + 2) % 4, self.direction, actions)
@@ -255,15 +257,23 @@ class SnakeEnv:
         done = dead | won | starved
         reward = eat * self.reward_apple + dead * self.reward_death
         apples = self.length - 3
-        info = {"episode_return": apples * self.reward_apple + dead * self.reward_death, "apples": apples, "won": won}
-        info |= {"episode_length": self.steps.clone(), "snake_length": self.length.clone(), "starved": starved}
+        info = {
+            "episode_return": apples * self.reward_apple + dead * self.reward_death,
+            "apples": apples,
+            "won": won,
+        }
+        info |= {
+            "episode_length": self.steps.clone(),
+            "snake_length": self.length.clone(),
+            "starved": starved,
+        }
         self._new_episodes(done)
         self._place_apples(eat | done)
         return self._obs(), reward, done, info
 
     def _subset(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, selected) of the boards in `mask`: all, blended by it (off CPU: no host sync), or only those."""
-        if self._fixed_shapes:
+        """(rows, selected) of the boards in `mask`: all, blended by it (no host sync), or only those."""
+        if self.fixed_shapes:
             return self._all, mask
         rows = mask.nonzero().squeeze(1)
         return rows, mask[rows]
@@ -319,20 +329,9 @@ class SnakeEnv:
         for name in self._STATE:
             old, new = getattr(self, name), state[name]
             if new.shape != old.shape or new.dtype != old.dtype:
-                raise ValueError(
-                    f"SnakeEnv {name}: got {new.dtype}{list(new.shape)}, want {old.dtype}{list(old.shape)}"
-                )
+                want = f"{old.dtype}{list(old.shape)}"
+                raise ValueError(f"SnakeEnv {name}: got {new.dtype}{list(new.shape)}, want {want}")
             setattr(self, name, new.to(self.device, copy=True))
-
-    def _set_state(self, i: int, body: list, direction: int, apple: tuple) -> None:
-        """Test seam: put board `i` in a crafted state. `body` lists (row, col) cells from head to tail."""
-        cells = [r * self.size + c for r, c in body]
-        self.life[i] = 0
-        for j, cell in enumerate(cells):
-            self.life[i, cell] = (len(cells) - j) * self.unit
-        self.head[i], self.direction[i], self.length[i] = cells[0], direction, len(cells)
-        self.apple[i] = apple[0] * self.size + apple[1]
-        self.hunger[i] = self.steps[i] = 0
 
 
 Env = SnakeEnv
@@ -342,7 +341,9 @@ EPISODE_METRICS = {  # info key: tag in TensorBoard and progress.csv; the first 
     "episode_return": "charts/episodic_return",
     "episode_length": "charts/episodic_length",
 }
-BASELINES = {"random": lambda gen: lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,), generator=gen)}
+BASELINES = {
+    "random": lambda gen: lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,), generator=gen)
+}
 
 
 def render(env: SnakeEnv, i: int) -> str:
@@ -356,7 +357,7 @@ def render(env: SnakeEnv, i: int) -> str:
 
 
 def draw(env: SnakeEnv, i: int) -> np.ndarray:
-    """Board `i` as an RGB image, a pixel per cell: head yellow, body green (brighter to the head), apple red."""
+    """Board `i` in RGB, a pixel per cell: head yellow, body green (brighter to the head), apple red."""
     s, life = env.size, env.life[i].view(env.size, env.size).cpu().float()
     image = torch.full((s + 2, s + 2, 3), 90, dtype=torch.uint8)  # the wall ring
     board = image[1:-1, 1:-1]
@@ -382,38 +383,32 @@ class Agent(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, args: Args):
         super().__init__()
         n_in, h = math.prod(obs_shape), args.hidden_size
-        self.trunk = nn.Sequential(layer_init(nn.Linear(n_in, h)), nn.ReLU(), layer_init(nn.Linear(h, h)), nn.ReLU())
+        self.trunk = nn.Sequential(
+            layer_init(nn.Linear(n_in, h)), nn.ReLU(), layer_init(nn.Linear(h, h)), nn.ReLU()
+        )
         self.actor = layer_init(nn.Linear(h, n_actions), std=0.01)
         self.critic = layer_init(nn.Linear(h, 1), std=1.0)
 
-    def initial_state(self, n: int, device) -> None:
+    def initial_memory(self, n: int, device) -> None:
         """No memory: the board is all there is (ppo_ddp.py --agent lstm shows an agent with one)."""
         return None
 
-    def forward(self, obs: torch.Tensor, state=None, done=None, action=None, greedy: bool = False):
-        """(action, log-prob, entropy, value, state), sampling unless `action` is given; state passes through."""
+    def forward(self, obs: torch.Tensor, memory=None, done=None, action=None, greedy: bool = False):
+        """(action, log-prob, entropy, value, memory), sampling unless `action` is given (no memory here)."""
         hidden = self.trunk(obs.flatten(1).float() / 255.0)  # uint8 channels span [0, 255]
         logits = self.actor(hidden)
-        probs = Categorical(logits=logits.float(), validate_args=False)  # fp32 under autocast; NaNs: see update
+        probs = Categorical(logits=logits.float(), validate_args=False)  # fp32 under autocast
         if action is None:
             action = logits.argmax(-1) if greedy else probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1), state
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1), memory
 
 
-def make_optimizers(agent: Agent, args: Args) -> list[torch.optim.Optimizer]:
-    return [torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)]
-
-
-# == Schedule, advantages, loss (the tests call these very functions) ==
+# == Algorithm: the schedule, advantages, the loss, the argument checks ==
 def learning_rate_at(args: Args, progress: float) -> float:
     """The learning rate at progress p = global_step / total_timesteps in [0, 1]."""
     p = min(max(progress, 0.0), 1.0)
     factor = {"linear": 1.0 - p, "cosine": 0.5 * (1.0 + math.cos(math.pi * p)), "constant": 1.0}
     return args.learning_rate * factor[args.lr_schedule]
-
-
-def schedules_at(args: Args, p: float) -> dict[str, float]:
-    return {"learning_rate": learning_rate_at(args, p)}
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
@@ -429,187 +424,241 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
     return advantages, advantages + values
 
 
-def compute_advantages(b: dict, next_value, next_done, args: Args):
-    return compute_gae(b["rewards"], b["values"], b["dones"], next_value, next_done, args.gamma, args.gae_lambda)
-
-
-def rollout_extras(env: SnakeEnv, args: Args) -> dict[str, torch.Tensor]:
-    return {}  # PPO needs nothing besides the rollout itself
-
-
-def compute_loss(model: nn.Module, mb: dict, args: Args, coef: dict[str, float]):
-    """PPO's loss on minibatch `mb`; returns (loss, [policy, value, entropy, approx_kl, clipfrac])."""
-    _, newlogprob, entropy, newvalue, _ = model(mb["obs"], mb["state"], mb["dones"], mb["actions"])
-    logratio = newlogprob.float() - mb["logprobs"]
+def ppo_loss(model: nn.Module, minibatch: dict, args: Args) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped loss on one minibatch (a dict of its tensors); returns (loss, its statistics by name)."""
+    _, newlogprob, entropy, newvalue, _ = model(minibatch["obs"], action=minibatch["actions"])
+    logratio = newlogprob.float() - minibatch["logprobs"]
     ratio = logratio.exp()
     with torch.no_grad():
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-    adv = mb["norm_advantages" if args.norm_adv else "advantages"]  # normalized per global minibatch
+    adv = minibatch["advantages"]
     pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-    newvalue, returns, values = newvalue.float(), mb["returns"], mb["values"]
+    newvalue, returns, values = newvalue.float(), minibatch["returns"], minibatch["values"]
     v_loss = (newvalue - returns) ** 2
     if args.clip_vloss:
-        v_loss = torch.max(v_loss, (values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef) - returns) ** 2)
+        v_clipped = values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef)
+        v_loss = torch.max(v_loss, (v_clipped - returns) ** 2)
     v_loss = 0.5 * v_loss.mean()
     entropy_loss = entropy.float().mean()
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-    return loss, [pg_loss, v_loss, entropy_loss, approx_kl, clipfrac]
+    stats = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss}
+    return loss, {**stats, "approx_kl": approx_kl, "clipfrac": clipfrac}
 
 
-def check_args(args: Args) -> None:
-    """What this script's own settings need (the machinery checks the rest)."""
-    SnakeEnv(1, "cpu", 0, 0, args)  # the environment checks its own settings
-    for ok, message in [
-        (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must be in [0, 1]"),
-        (args.clip_coef > 0 and args.hidden_size > 0, "--clip-coef and --hidden-size must be positive"),
-    ]:
-        if not ok:
-            raise ArgError(message)
+def check_args(args: Args, world_size: int) -> None:
+    """ArgError on a setting of this file that cannot train (the operations check their own flags first)."""
+    for name in "num_minibatches update_epochs learning_rate max_grad_norm clip_coef hidden_size".split():
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise ArgError(f"batch {batch} not divisible by --num-minibatches {args.num_minibatches}")
+    if args.target_kl is not None and args.target_kl <= 0:
+        raise ArgError("--target-kl must be positive")
+    if not (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
+        raise ArgError("--gamma and --gae-lambda must be in [0, 1]")
+    if not 3 <= args.board_size <= 15:  # a snake of 3 fits in a row; a body cell's life fits in uint8
+        raise ArgError(f"--board-size must be in [3, 15], got {args.board_size}")
+    if args.max_steps_without_food < 0:
+        raise ArgError("--max-steps-without-food must be >= 0")
 
 
-# TRY NOT TO MODIFY: the machinery, byte-identical in every PPO script, needs only the contract above (docs/template.md)
+# == Training: the PPO loop, in the order it runs; `run` (below the line) does the operations ==
+def train(args: Args, run: "Run") -> None:
+    """Each rank collects a rollout of its own boards with the plain agent, then trains through DDP."""
+    device, rank, num_steps, num_envs = run.device, run.rank, args.num_steps, args.num_envs
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    autocast = partial(torch.autocast, device.type, torch.bfloat16, enabled=args.precision == "bf16")
+
+    # This rank's boards (global ids rank * num_envs onwards), the agent (the same weights on every rank), the
+    # optimizer, and a generator that draws the same minibatch permutations on every rank
+    envs = Env(num_envs, device, args.seed, rank * num_envs, args)
+    torch.manual_seed(args.seed)
+    agent = Agent(envs.obs_shape, envs.n_actions, args).to(device)
+    torch.manual_seed(args.seed + rank)  # action sampling differs per rank
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    minibatch_rng = torch.Generator(device).manual_seed(args.seed)
+    next_obs, next_done = envs.reset(), torch.zeros(num_envs, device=device)
+
+    # Rollout storage: every step of every board, [num_steps, num_envs, ...]
+    storage = {"obs": torch.zeros((num_steps, *next_obs.shape), dtype=next_obs.dtype, device=device)}
+    storage["actions"] = torch.zeros((num_steps, num_envs), dtype=torch.long, device=device)
+    for key in ("logprobs", "rewards", "dones", "values", "advantages", "returns"):
+        storage[key] = torch.zeros((num_steps, num_envs), device=device)
+
+    # Checkpoints hold what every rank shares (saved once), this rank's boards and random streams, and where
+    # its rollout stands; a continued run (--resume, a torchrun restart, a requeue) gets it all back here
+    shared = {"agent": agent, "optimizer": optimizer, "minibatch_rng": minibatch_rng}
+    next_obs, next_done = run.resume(shared, envs, next_obs, next_done)
+
+    # DDP: training forwards go through `model`, whose backward() averages the gradients of all ranks;
+    # rollouts use the plain `agent`. A loss that leaves a parameter without a gradient needs find_unused
+    probe = {key: value[0] for key, value in storage.items()}  # one step of every board, for the loss to try
+    find_unused = run.find_unused(agent, lambda: ppo_loss(agent, probe, args)[0])
+    model = DDP(
+        agent, device_ids=run.device_ids, find_unused_parameters=find_unused, static_graph=args.static_graph
+    )
+    policy = torch.compile(agent) if args.compile else agent
+    model = torch.compile(model) if args.compile else model
+
+    for update in range(run.first_update, run.num_updates + 1):
+        # The learning rate at this update's progress (the share of total_timesteps done before it)
+        learning_rate = learning_rate_at(args, (update - 1) * run.global_batch_size / args.total_timesteps)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+
+        # Rollout: num_steps steps of every board with the plain agent; each ended game's metrics are summed
+        with run.timed("rollout"), torch.inference_mode(), autocast():
+            for step in range(num_steps):
+                storage["obs"][step], storage["dones"][step] = next_obs, next_done
+                action, logprob, _, value, _ = policy(next_obs)
+                storage["actions"][step], storage["logprobs"][step] = action, logprob.float()
+                storage["values"][step] = value.float()
+                next_obs, reward, done, info = envs.step(action)
+                storage["rewards"][step], next_done = reward, done.float()
+                run.count_episodes(done, info)
+            next_value = policy(next_obs)[3].float()
+
+            # Advantages: GAE over this rank's rollout, bootstrapped from the value where it stopped
+            rollout = (storage["rewards"], storage["values"], storage["dones"], next_value, next_done)
+            storage["advantages"], storage["returns"] = compute_gae(*rollout, args.gamma, args.gae_lambda)
+
+        # Update: update_epochs passes over the batch in num_minibatches minibatches. Every rank draws the
+        # same permutation of its own batch, so global minibatch k is every rank's k-th minibatch together
+        batch = {key: value.flatten(0, 1) for key, value in storage.items()}  # [T, N, ...] -> [T * N, ...]
+        stats = {}  # each statistic of every minibatch, averaged when the update ends
+        with run.timed("update"):
+            for _epoch in range(args.update_epochs):
+                order = torch.randperm(run.batch_size, generator=minibatch_rng, device=device)
+                minibatches = order.chunk(args.num_minibatches)
+                advantages = batch["advantages"]
+                if args.norm_adv:  # by the mean and std of each global minibatch: every rank's part of it
+                    advantages = normalize_over_ranks(advantages, minibatches)
+                kls = []
+                for indices in minibatches:
+                    minibatch = {key: value[indices] for key, value in batch.items()}
+                    minibatch["advantages"] = advantages[indices]
+                    with autocast():
+                        loss, loss_stats = ppo_loss(model, minibatch, args)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # DDP averages the gradients over the ranks here
+                    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    for name, value in {**loss_stats, "grad_norm": grad_norm}.items():
+                        stats.setdefault(name, []).append(value.detach().float())
+                    kls.append(loss_stats["approx_kl"])
+                # the mean KL of every rank decides, so every rank stops at the same epoch
+                if args.target_kl is not None and mean_over_ranks(torch.stack(kls).mean()) > args.target_kl:
+                    break
+
+        # Operations: every rank's statistics to rank 0's log, evaluation, checkpoints; a stop ends here
+        var_returns = batch["returns"].var()
+        explained_var = 1 - (batch["returns"] - batch["values"]).var() / var_returns
+        metrics = {f"losses/{name}": torch.stack(values).mean() for name, values in stats.items()}
+        metrics["losses/explained_variance"] = torch.where(var_returns > 0, explained_var, 0.0)
+        metrics["charts/learning_rate"] = learning_rate
+        if run.end_update(update, metrics, next_obs, next_done):
+            break
+
+
+# TRY NOT TO MODIFY: operations, byte-identical in every PPO script, called by the loop (docs/template.md)
 class StopEveryRank(RuntimeError):
     """A failure every rank raises alike (a checkpoint rank 0 could not write): one line each, exit code 1."""
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's or torchrun's SIGTERM, SLURM's USR1 warning
-PREEMPTED = 75  # the exit code of a run stopped by a signal, its last update checkpointed: run it again to resume
-stop_request = {"signal": 0}  # set by a signal; the ranks read every request together in the next update's stats
+PREEMPTED = (
+    75  # the exit code of a run stopped by a signal, its last update checkpointed: run it again to resume
+)
+stop_request = {"signal": 0}  # set by a signal; the ranks read every request together at the end of an update
 
 
-def derived_sizes(args: Args, world_size: int) -> dict[str, int]:
-    """Batch sizes and update count, or ArgError on what cannot train ({} while --num-envs 0 awaits agreement)."""
-    v, positive = vars(args), "num_steps num_minibatches update_epochs total_timesteps eval_episodes learning_rate"
-    batch = args.num_envs * args.num_steps  # 0 for --num-envs 0, the checks on it pass
-    steps, parts = batch * world_size, max(1, args.num_minibatches)
-    for ok, message in [
-        *((v[k] > 0, f"--{k.replace('_', '-')} must be positive, got {v[k]}") for k in positive.split()),
-        (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
-        (args.num_envs >= 0, f"--num-envs must be positive (or 0 = auto), got {args.num_envs}"),
-        (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive"),
-        (min(args.checkpoint_interval, args.eval_interval) >= 0, "--checkpoint-interval and --eval-interval >= 0"),
-        (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
-        (batch % parts == 0, f"batch {batch} not divisible by --num-minibatches {args.num_minibatches}"),
-        (args.total_timesteps >= steps, f"--total-timesteps {args.total_timesteps} is below one update's global batch"),
-    ]:
-        if not ok:
-            raise ArgError(message)
-    check_args(args)
-    if not batch:
-        return {}
-    sizes = {"world_size": world_size, "batch_size_per_rank": batch, "global_batch_size": steps}
-    return {**sizes, "minibatch_size_per_rank": batch // parts, "num_updates": args.total_timesteps // steps}
-
-
-# == Rollout and update ==
-@torch.inference_mode()
-def rollout(policy, env, carry: dict, args: Args) -> tuple[dict, torch.Tensor, dict, dict]:
-    """num_steps steps of every env: the batch [T, N, ...], next value, the ended games' summed metrics, the carry."""
-    obs, done, state = carry["next_obs"], carry["next_done"], carry["next_state"]
-    T, N, dev = args.num_steps, env.num_envs, obs.device
-    b = {"obs": torch.zeros((T, *obs.shape), dtype=obs.dtype, device=dev)}
-    b.update({k: torch.zeros((T, N), device=dev) for k in ("actions", "logprobs", "values", "rewards", "dones")})
-    ep = {k: torch.zeros((), device=dev) for k in ("episodes", *EPISODE_METRICS)}
-    with torch.autocast(dev.type, torch.bfloat16, enabled=args.precision == "bf16"):
-        for t in range(T):
-            b["obs"][t], b["dones"][t] = obs, done
-            for k, v in rollout_extras(env, args).items():
-                b.setdefault(k, torch.zeros((T, *v.shape), dtype=v.dtype, device=dev))[t] = v
-            action, logprob, _, value, state = policy(obs, state, done)  # the memory (if any) goes on with the env
-            b["values"][t], b["actions"][t], b["logprobs"][t] = value.float(), action, logprob.float()
-            obs, b["rewards"][t], ended, info = env.step(action)
-            done = ended.float()
-            game_over = info.get("game_over", ended)  # a lost life ends the value target, a game the metrics
-            ep["episodes"] += game_over.sum()
-            for k in EPISODE_METRICS:
-                ep[k] += torch.where(game_over, info[k], 0).sum()
-        next_value = policy(obs, state, done)[3].float()
-    return b, next_value, ep, {"next_obs": obs, "next_done": done, "next_state": state}
-
-
-def minibatches(n: int, num_minibatches: int, gen: torch.Generator, num_envs: int = 0) -> list[torch.Tensor]:
-    """One epoch's indices into a flat time-major batch, the same permutation on every rank (of envs if num_envs)."""
-    envs = num_envs or n  # without memory each sample is drawn alone
-    perm, size = torch.randperm(envs, generator=gen, device=gen.device), envs // num_minibatches
-    steps = torch.arange(0, n, envs, device=gen.device)[:, None]  # [[0]] without memory
-    return [(steps + perm[i : i + size]).flatten() for i in range(0, envs, size)]
-
-
-def minibatch(b: dict, mb: torch.Tensor, state0: torch.Tensor | None) -> dict:
-    """The tensors of minibatch mb and "state", the memory its envs (its first len(mb) / T indices) began with."""
-    envs = None if state0 is None else mb[: len(mb) * len(state0) // len(b["obs"])]
-    return {**{k: v[mb] for k, v in b.items()}, "state": None if envs is None else state0[envs]}
-
-
-def normalize_per_minibatch(adv: torch.Tensor, mbs: list[torch.Tensor]) -> torch.Tensor:
-    """adv normalized by each global minibatch's mean and std: one all-reduce of sums for the whole epoch."""
-    x = adv.double()
-    s = torch.stack([torch.stack([x[mb].sum(), (x[mb] * x[mb]).sum(), x.new_tensor(float(len(mb)))]) for mb in mbs])
-    dist.all_reduce(s)
-    mean = s[:, 0] / s[:, 2]
-    std = ((s[:, 1] - s[:, 2] * mean * mean) / (s[:, 2] - 1).clamp(min=1)).clamp(min=0).sqrt()
-    out = torch.empty_like(adv)
-    for k, mb in enumerate(mbs):
-        out[mb] = (adv[mb] - mean[k].float()) / (std[k].float() + 1e-8)
+# == The DDP way: what no rank may compute or decide from its own samples alone ==
+def normalize_over_ranks(x: torch.Tensor, groups: list | None = None) -> torch.Tensor:
+    """x standardized by the mean and unbiased std of every rank's x together; with `groups` (index tensors:
+    an epoch's minibatches), each group by every rank's same group: one all-reduce, of 3 sums per group."""
+    groups = groups or [slice(None)]
+    x64 = x.detach().double()
+    parts = [torch.stack([x64[g].sum(), x64[g].square().sum(), x64.new_tensor(x[g].numel())]) for g in groups]
+    sums = torch.stack(parts)
+    dist.all_reduce(sums)
+    count = sums[:, 2]
+    mean = sums[:, 0] / count
+    std = ((sums[:, 1] - count * mean * mean) / (count - 1).clamp(min=1)).clamp(min=0).sqrt()
+    out = torch.empty_like(x)
+    for k, g in enumerate(groups):
+        out[g] = (x[g] - mean[k].to(x.dtype)) / (std[k].to(x.dtype) + 1e-8)
     return out
 
 
-def ppo_update(model, optimizers: list, b: dict, args: Args, coef: dict, gen: torch.Generator, state0=None):
-    """update_epochs passes of compute_loss through the DDP `model`; the losses averaged over minibatches and ranks."""
-    sums = torch.zeros(6, device=b["obs"].device)  # policy, value, entropy, approx_kl, clipfrac, minibatches
-    for _epoch in range(args.update_epochs):
-        before = sums.clone()
-        mbs = minibatches(b["obs"].shape[0], args.num_minibatches, gen, 0 if state0 is None else len(state0))
-        epoch_b = {**b, "norm_advantages": normalize_per_minibatch(b["advantages"], mbs)}
-        for mb in mbs:
-            with torch.autocast(sums.device.type, torch.bfloat16, enabled=args.precision == "bf16"):
-                loss, stats = compute_loss(model, minibatch(epoch_b, mb, state0), args, coef)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP all-reduces the gradients here: they are identical on every rank after it
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            if not torch.isfinite(grad_norm):  # same verdict on every rank: the gradients are all-reduced
-                raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}) at loss {loss.item()}")
-            for opt in optimizers:
-                opt.step()
-            sums += torch.stack([*stats, torch.ones_like(stats[0])]).detach().float()
-        if args.target_kl is not None:  # decided together: the mean KL of this epoch over all ranks
-            epoch = sums - before
-            dist.all_reduce(epoch)
-            if (epoch[3] / epoch[5]).item() > args.target_kl:
-                break
-    if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():  # identical on every rank
-        raise FloatingPointError("non-finite weights after the update")
-    dist.all_reduce(sums)
-    keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
-    return {f"losses/{k}": v for k, v in zip(keys, (sums[:5] / sums[5]).tolist(), strict=True)}  # one host copy
+def mean_over_ranks(x: torch.Tensor) -> float:
+    """The mean of a scalar over all ranks, on the host: the same number everywhere, for a shared decision."""
+    total = x.detach().float().reshape(1).clone()
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
 
 
-def unused_parameters(agent: nn.Module, env, obs: torch.Tensor, args: Args) -> list[str]:
-    """Names of the parameters the loss gives no gradient (DDP refuses them without find_unused_parameters)."""
-    n = min(8, obs.shape[0])
-    zeros = torch.zeros(n, device=obs.device)
-    mb = {k: zeros for k in ("logprobs", "values", "advantages", "norm_advantages", "returns", "dones")}
-    mb.update(obs=obs[:n], actions=zeros.long(), state=agent.initial_state(n, obs.device))
-    mb.update({k: v[:n] for k, v in rollout_extras(env, args).items()})
-    loss, _ = compute_loss(agent, mb, args, schedules_at(args, 0.0))
-    names, params = zip(*agent.named_parameters(), strict=True)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [name for name, g in zip(names, grads, strict=True) if g is None]
+def sum_over_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor summed over all ranks, in one all-reduce: statistics merged from every rank's samples."""
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    return tuple(
+        part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)
+    )
 
 
-# == What the ranks agree on; every collective gets tensors on the training device ==
+def unused_parameters(agent: nn.Module, loss_fn) -> list[str]:
+    """Names of the parameters that loss_fn()'s loss gives no gradient (DDP refuses them unless told)."""
+    named = [(name, p) for name, p in agent.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss_fn(), [p for _, p in named], allow_unused=True)
+    return [name for (name, _), grad in zip(named, grads, strict=True) if grad is None]
+
+
+# == Argument checks and sizes: a pure function of (args, world size), so every rank reaches one verdict ==
 AUTO_MIN_UPDATES = 100  # --num-envs 0 picks no more envs than leave this many updates
 FEW_UPDATES = 10  # a run with fewer updates than this cannot learn much: the start-up warns
 
 
+def validate(args: Args, world_size: int) -> None:
+    """ArgError on what cannot run: the operations' own flags, then the script's (check_args). With
+    --num-envs 0 the checks of sizes wait for the agreed number (main calls this again then)."""
+    for name in ("num_steps", "total_timesteps", "eval_episodes", "dist_timeout"):
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    global_batch = args.num_envs * args.num_steps * world_size
+    checks = [
+        (args.num_envs >= 0, f"--num-envs must be positive (or 0 = auto), got {args.num_envs}"),
+        (
+            min(args.checkpoint_interval, args.eval_interval) >= 0,
+            "--checkpoint-interval and --eval-interval >= 0",
+        ),
+        (not args.render or args.eval_checkpoint, "--render needs --eval-checkpoint PATH"),
+        (
+            args.total_timesteps >= global_batch,
+            f"--total-timesteps {args.total_timesteps} is below one update's "
+            f"global batch ({args.num_envs} envs x {args.num_steps} steps x {world_size} ranks)",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ArgError(message)
+    if args.num_envs:
+        check_args(args, world_size)
+
+
 def allowed_cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return (
+        sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else list(range(os.cpu_count() or 1))
+    )
 
 
 def cpu_share(allowed: list[int], local_rank: int, local_world: int) -> list[int]:
-    """This local rank's equal, disjoint, contiguous slice of the allowed CPUs (one, round-robin, if too few)."""
+    """This local rank's equal, disjoint, contiguous slice of the allowed CPUs (one, round-robin, if few)."""
     per = max(1, len(allowed) // local_world)
     return allowed[local_rank * per % len(allowed) :][:per]
 
@@ -625,7 +674,7 @@ def device_num_envs(device: torch.device, local_world: int) -> int:
 
 def auto_num_envs(cap: int, args: Args, world_size: int) -> int:
     """--num-envs 0: the largest power of two <= cap that leaves at least AUTO_MIN_UPDATES updates (>= 1)."""
-    fit = args.total_timesteps // (args.num_steps * world_size * AUTO_MIN_UPDATES)
+    fit = args.total_timesteps // (max(1, args.num_steps) * world_size * AUTO_MIN_UPDATES)
     return 1 << (max(1, min(cap, fit)).bit_length() - 1)
 
 
@@ -636,25 +685,29 @@ def agree_num_envs(args: Args, device: torch.device, local_world: int) -> int:
     return args.num_envs or auto_num_envs(int(cap.item()), args, dist.get_world_size())
 
 
+# == One verdict for all: rank 0 acts or reads, every rank gets its result ==
 def on_rank0(fn, *args, doing: str = "act for every rank"):
-    """fn(*args) run by rank 0 alone; its result, or its failure (an OSError: exit 1), given to every rank alike."""
-    out = [None, None]
+    """fn(*args) run by rank 0 alone; its result or failure (an OSError: exit 1), given to every rank."""
+    result, failure = None, None
     if dist.get_rank() == 0:
         try:
-            out[0] = fn(*args)
+            result = fn(*args)
         except (ArgError, StopEveryRank) as e:
-            out[1] = e
+            failure = e
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-            out[1] = StopEveryRank(f"cannot {doing}: {type(e).__name__}: {str(e).splitlines()[0]}")
-    dist.broadcast_object_list(out, src=0)
-    if out[1] is not None:
-        raise out[1]
-    return out[0]
+            failure = StopEveryRank(f"cannot {doing}: {type(e).__name__}: {str(e).splitlines()[0]}")
+    verdict = [result, failure]
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[1] is not None:
+        raise verdict[1]
+    return verdict[0]
 
 
 def agree_run_name(args: Args) -> str:
-    """--run-name, or <exp_name>__<seed>__<the SLURM job id, else torchrun's run id, else the clock>: rank 0's."""
-    launch = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "")[:8] or int(time.time())
+    """--run-name, or <exp_name>__<seed>__<SLURM job id, else torchrun's run id, else the clock>: rank 0's."""
+    launch = (
+        os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "")[:8] or int(time.time())
+    )
     return on_rank0(lambda: args.run_name or f"{args.exp_name}__{args.seed}__{launch}")
 
 
@@ -666,32 +719,82 @@ def gather_to_rank0(obj) -> list | None:
 
 
 def gather_stats(stats: dict, device: torch.device) -> dict[str, list[float]]:
-    """Every rank's value of each named scalar, by name (one all_gather, one host copy)."""
-    mine = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in stats.values()])
+    """Every rank's value of each named scalar, by name (one all_gather, in float64; one host copy)."""
+    mine = torch.stack([torch.as_tensor(v, device=device).double().reshape(()) for v in stats.values()])
     everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, mine)
     return dict(zip(stats, torch.stack(everyone, 1).tolist(), strict=True))
 
 
 def reduce_stats(stats: dict[str, list[float]]) -> dict[str, float]:
-    """What rank 0 logs of every rank's statistics: means over all ranks' episodes, the slowest rank's times."""
+    """What rank 0 logs of every rank's statistics: episode metrics over all ranks' episodes, the slowest
+    rank's times, and the mean over ranks of every metric the loop reports (losses/, charts/, ...)."""
     episodes = sum(stats["episodes"])
-    row = {tag: sum(stats[k]) / episodes for k, tag in EPISODE_METRICS.items() if episodes}
-    row |= {f"time/{k}": max(stats[k]) for k in ("rollout_s", "update_s")}
-    explained = sum(stats["explained_variance"]) / len(stats["explained_variance"])  # the ranks' mean
-    return {**row, "charts/episodes": episodes, "losses/explained_variance": explained}
+    row = {tag: sum(stats[key]) / episodes for key, tag in EPISODE_METRICS.items() if episodes}
+    row |= {f"time/{phase}": max(stats[phase]) for phase in ("rollout_s", "update_s")}
+    row |= {key: sum(v) / len(v) for key, v in stats.items() if "/" in key}
+    return {**row, "charts/episodes": episodes}
 
 
-def check_identical(agent: nn.Module, when: str) -> None:
-    """All ranks hold bit-identical weights (rank 0's raw bytes, broadcast and compared); names those that differ."""
-    raw = torch.cat([p.detach().reshape(-1).view(torch.uint8) for p in agent.parameters()])
-    ref = raw.clone()
+def state_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested state (dicts, lists, tuples), by its path: what check_identical compares."""
+    if torch.is_tensor(state):
+        return {prefix: state}
+    items = (
+        state.items()
+        if isinstance(state, dict)
+        else enumerate(state)
+        if isinstance(state, list | tuple)
+        else ()
+    )
+    return {
+        path: t
+        for key, value in items
+        for path, t in state_tensors(value, f"{prefix}.{key}".strip(".")).items()
+    }
+
+
+def check_identical(shared: dict, when: str) -> None:
+    """Every rank holds bit-identical shared state (weights, buffers, optimizer, generators): rank 0's raw
+    bytes, broadcast and compared on every rank; names what differs."""
+    tensors = state_tensors({name: state_of(obj) for name, obj in shared.items()})
+    device = next(iter(shared["agent"].parameters())).device
+    raw = [t.detach().reshape(-1).contiguous().view(torch.uint8).to(device) for t in tensors.values()]
+    mine = torch.cat(raw) if raw else torch.zeros(0, dtype=torch.uint8, device=device)
+    ref = mine.clone()
     dist.broadcast(ref, 0)
-    differ = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=raw.device)
-    differ[dist.get_rank()] = int(not torch.equal(raw, ref))
-    dist.all_reduce(differ)
-    if differ.any():
-        raise RuntimeError(f"parameters differ across ranks {when}: rank(s) {differ.nonzero().flatten().tolist()}")
+    ends = np.cumsum([len(r) for r in raw]).tolist()
+    spans = zip(tensors, [0, *ends[:-1]], ends, strict=True)
+    differ = [name for name, a, b in spans if not torch.equal(mine[a:b], ref[a:b])]
+    flags = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=device)
+    flags[dist.get_rank()] = len(differ)
+    dist.all_reduce(flags)
+    if flags.any():
+        ranks = flags.nonzero().flatten().tolist()
+        named = f" ({', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''})" if differ else ""
+        raise StopEveryRank(
+            f"the state differs across ranks {when}: rank(s) {ranks} differ from rank 0{named}"
+        )
+
+
+def broadcast_modules(shared: dict) -> None:
+    """Every rank takes rank 0's weights and buffers of each module in `shared`, in place."""
+    for module in (obj for obj in shared.values() if isinstance(obj, nn.Module)):
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, 0)
+
+
+def check_disjoint_envs(envs) -> None:
+    """No two ranks hold the same global env id (ranks with the same envs train on copies of each other)."""
+    ids = torch.as_tensor(envs.env_ids, device=envs.device).long().reshape(-1)
+    everyone = [torch.zeros_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, ids)
+    together = torch.cat(everyone)
+    if len(together.unique()) < len(together):
+        first = [int(e[0]) for e in everyone]
+        raise StopEveryRank(
+            f"the ranks' envs overlap (their first global env ids: {first}): seed each rank's own"
+        )
 
 
 def clock(device: torch.device) -> float:
@@ -701,69 +804,289 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+# == The run: the services the loop calls, each owning its own branches ==
+class Run(contextlib.AbstractContextManager):
+    """One rank's operations around the PPO loop: agreed sizes, the run directory, resume, episode statistics,
+    timing, rank 0's log, evaluation, checkpoints, stop requests and the end of the run."""
+
+    def __init__(self, args: Args, device: torch.device, cpus: list[int]):
+        self.args, self.device = args, device
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.device_ids = [device.index] if device.type == "cuda" else None  # for DDP(device_ids=...)
+        self.batch_size = args.num_envs * args.num_steps  # per rank
+        self.global_batch_size = self.batch_size * self.world_size
+        self.num_updates = args.total_timesteps // self.global_batch_size
+        args.run_name = agree_run_name(args)
+        self.run_dir = Path("runs") / args.run_name
+        self.saved = read_checkpoint(
+            self.run_dir, args
+        )  # the checkpoint to continue from (None: a fresh run)
+        self.first_update = self.saved["update"] + 1 if self.saved else 1
+        placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus}
+        self.placement = gather_to_rank0({**placement, "threads": torch.get_num_threads()})
+        self.episodes = {key: torch.zeros((), device=device) for key in ("episodes", *EPISODE_METRICS)}
+        self.times, self.update_started, self.session_started = {}, None, time.perf_counter()
+        self.shared, self.envs, self.meta = {}, None, {}
+        self.log, self.evals = (
+            None,
+            [],
+        )  # rank 0's files (opened at the first update's end); async evaluations
+        self.last_update, self.stop_signals = self.first_update - 1, []
+        if self.rank == 0:
+            size = (
+                f"{args.num_envs} envs per rank, batch {self.global_batch_size}, {self.num_updates} updates"
+            )
+            print(f"run {args.run_name}: world size {self.world_size}, device {device}, {size}")
+            if self.num_updates < FEW_UPDATES:
+                print(
+                    f"warning: only {self.num_updates} updates: PPO learns little in so few", file=sys.stderr
+                )
+
+    def resume(self, shared: dict, envs, *rollout_start):
+        """Remember what checkpoints hold; for a continued run, restore it in place and return its rollout
+        start (the per-env tensors given, e.g. next_obs and next_done), else return those as given."""
+        self.shared, self.envs = shared, envs
+        self.meta = {"args": asdict(self.args), "world_size": self.world_size}
+        self.meta |= {"obs_shape": envs.obs_shape, "n_actions": envs.n_actions}
+        check_disjoint_envs(envs)
+        broadcast_modules(shared)  # rank 0's initial weights (their init can follow a rank's thread count)
+        if self.saved:
+            rollout_start = restore(self.saved, shared, envs, rollout_start)
+            update, step = self.saved["update"], self.saved["update"] * self.global_batch_size
+            restart = (
+                "the environments cannot save their state: their episodes restart (all else is restored)"
+            )
+            if self.rank == 0:
+                print(f"resumed from {self.saved['path']} at update {update}, global_step {step:,}")
+                if self.saved["env"] is None:
+                    print(restart)
+            self.saved = None
+        check_identical(shared, "at the start")
+        return rollout_start[0] if len(rollout_start) == 1 else rollout_start
+
+    def find_unused(self, agent: nn.Module, loss_fn) -> bool:
+        """DDP's find_unused_parameters: --find-unused on/off; auto: does loss_fn() leave one unused."""
+        unused = unused_parameters(agent, loss_fn)
+        find_unused = bool(unused) if self.args.find_unused == "auto" else self.args.find_unused == "on"
+        if unused and not find_unused:
+            refusal = "which DDP refuses ('Expected to have finished reduction in the prior iteration')"
+            fixes = "--find-unused, or a loss that uses every output"
+            raise ArgError(f"the loss gives no gradient to {', '.join(unused)}, {refusal}; fix: {fixes}")
+        if self.rank == 0:
+            why = f"unused parameters: {', '.join(unused) or 'none'}"
+            print(f"{why}, so find_unused_parameters={find_unused} (--find-unused {self.args.find_unused})")
+        return find_unused
+
+    def count_episodes(self, done: torch.Tensor, info: dict) -> None:
+        """Add each ended game's metrics (EPISODE_METRICS) to this update's sums, on the device."""
+        game_over = info.get(
+            "game_over", done
+        )  # a lost life ends the value target (done), a game the metrics
+        self.episodes["episodes"] += game_over.sum()
+        for key in EPISODE_METRICS:
+            self.episodes[key] += torch.where(game_over, info[key], 0).sum()
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        """Time a phase of the update (rollout, update) into time/<phase>_s; the first starts the update."""
+        start = clock(self.device)
+        self.update_started = self.update_started or start
+        yield
+        self.times[f"{phase}_s"] = clock(self.device) - start
+
+    def end_update(self, update: int, metrics: dict, *rollout_start) -> bool:
+        """Every rank's statistics to rank 0's log, evaluation and checkpoints when due; True: a stop was
+        asked (by a signal to any rank) and every rank stops here, this update checkpointed."""
+        args = self.args
+        check_finite(self.shared["agent"], update)
+        if self.rank == 0 and self.log is None:  # rank 0 writes the run directory from the first update's end
+            config = {**asdict(args), **self.sizes(), "torch_version": torch.__version__}
+            config |= {"device": str(self.device), "ranks": self.placement}
+            start_step = (update - 1) * self.global_batch_size
+            self.log = RunLog(self.run_dir, config, args, update - 1, start_step, self.session_started)
+        elapsed = clock(self.device) - self.update_started
+        mine = {**self.episodes, **metrics, **{p: self.times.get(p, 0.0) for p in ("rollout_s", "update_s")}}
+        stats = gather_stats(
+            {**mine, "sps": self.batch_size / elapsed, "signal": stop_request["signal"]}, self.device
+        )
+        for total in self.episodes.values():
+            total.zero_()
+        stopping = any(stats["signal"]) and update < self.num_updates  # one rank's signal stops all here
+        last = update == self.num_updates or stopping
+        global_step = update * self.global_batch_size
+        eval_stats = self.evaluate(update, global_step, stopping, last)
+        if self.rank == 0:
+            sps = self.global_batch_size / (time.perf_counter() - self.update_started)
+            row = {"update": update, "global_step": global_step, "charts/SPS": sps, **reduce_stats(stats)}
+            self.log.write(row | eval_stats, stats["sps"], last)
+        if stopping or (args.checkpoint_interval and update % args.checkpoint_interval == 0):
+            self.checkpoint(update, rollout_start)
+        self.last_update, self.update_started = update, None
+        self.stop_signals = [signal.Signals(int(s)).name for s in stats["signal"] if s] if stopping else []
+        return stopping
+
+    def sizes(self) -> dict[str, int]:
+        sizes = {"world_size": self.world_size, "batch_size_per_rank": self.batch_size}
+        return {**sizes, "global_batch_size": self.global_batch_size, "num_updates": self.num_updates}
+
+    def evaluate(self, update: int, global_step: int, stopping: bool, last: bool) -> dict[str, float]:
+        """A greedy evaluation when due (never at a stop): local on rank 0 while the others wait at their next
+        collective, or in a separate process; returns the newest results (rank 0; {} elsewhere)."""
+        args, agent = self.args, self.shared["agent"]
+        due = (
+            args.eval_mode != "none"
+            and args.eval_interval
+            and update % args.eval_interval == 0
+            and not stopping
+        )
+        if self.rank != 0:
+            return {}
+        half, results = args.dist_timeout / 2, {}
+        if due and args.eval_mode == "local":  # the other ranks wait at most half of --dist-timeout
+            frames = [] if args.capture_video else None
+            results = evaluate(
+                greedy(agent), args, args.eval_episodes, device=self.device, frames=frames, limit=half
+            )
+            if frames:
+                save_gif(frames, self.run_dir / "videos" / f"update_{update:08d}.gif")
+        elif due:
+            self.evals.append(start_async_eval(agent, self.meta, self.run_dir, update, global_step, args))
+        if args.eval_mode == "async":  # the last row waits for those running, within the others' patience
+            wait = 5.0 if stopping else half if last else 0  # (a stop: within its budget)
+            results = collect_async_evals(self.evals, self.log.writer, wait) or results
+        return results
+
+    def checkpoint(self, update: int, rollout_start: tuple) -> None:
+        """Rank 0 writes everything every rank needs to continue exactly, once it has checked they agree."""
+        check_identical(self.shared, f"at update {update}")
+        path = self.run_dir / "checkpoints" / f"update_{update:08d}.pt"
+        shared = {"model": self.shared["agent"].state_dict(), **self.meta, "update": update}
+        shared["shared"] = {name: state_of(obj) for name, obj in self.shared.items() if name != "agent"}
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        rng |= (
+            {"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}
+        )  # its own GPU's
+        env_ids = torch.as_tensor(self.envs.env_ids).cpu()
+        mine = {
+            "env_ids": env_ids,
+            "env": self.envs.state_dict(),
+            "rng": rng,
+            "rollout_start": list(rollout_start),
+        }
+        ranks = gather_to_rank0(to_cpu(mine))  # a failed write stops every rank; the earlier checkpoints stay
+        on_rank0(atomic_save, {**shared, "ranks": ranks}, path, doing=f"write checkpoint {path}")
+        self.checkpoint_path = path
+
+    def finish(self) -> int:
+        """After the loop: a stop says how to continue (exit 75); a run done saves final_model.pt (0)."""
+        stopped = bool(self.stop_signals)
+        check_identical(self.shared, "at the stop" if stopped else "at the end")
+        if stopped:
+            who, n = ", ".join(sorted(set(self.stop_signals))), len(self.stop_signals)
+            how = "the same command with --resume continues (a torchrun restart or a SLURM requeue does so)"
+            if self.rank == 0:
+                at = f"at update {self.last_update}: checkpoint {self.checkpoint_path}"
+                print(f"stopped by {who} ({n} of {self.world_size} ranks) {at}; {how}; exit code {PREEMPTED}")
+            return PREEMPTED
+        path = self.run_dir / "final_model.pt"
+        on_rank0(
+            atomic_save,
+            {"model": self.shared["agent"].state_dict(), **self.meta},
+            path,
+            doing=f"write {path}",
+        )
+        if self.rank == 0:
+            print(f"parameters identical on all {self.world_size} ranks after {self.last_update} updates")
+            print(f"done: {self.last_update * self.global_batch_size:,} steps; final model in {path}")
+        return 0
+
+    def __exit__(self, exc_type, *_):
+        if self.log is not None:  # a stop signal cannot cut this short (it only sets stop_request)
+            self.log.close(failed=exc_type is not None)
+
+
+def check_finite(agent: nn.Module, update: int) -> None:
+    """FloatingPointError on every rank alike when the weights (identical everywhere) are no longer finite."""
+    if not torch.stack([p.isfinite().all() for p in agent.parameters()]).all():
+        raise FloatingPointError(
+            f"non-finite weights after update {update} (a NaN or infinite loss or gradient)"
+        )
+
+
 # == Checkpoints: one file by rank 0, the shared state and "ranks", each rank's own part ==
 MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
-CHECKPOINT_KEYS = (*MODEL_KEYS, "optimizers", "update", "global_step", "minibatch_rng", "ranks")
-RESUME_MAY_CHANGE = (  # Args that may differ when a run is resumed; every other field must equal the checkpoint's
+CHECKPOINT_KEYS = (*MODEL_KEYS, "update", "shared", "ranks")
+RESUME_MAY_CHANGE = (  # Args that may differ on a resume; every other field must equal the checkpoint's
     "exp_name run_name torch_deterministic cuda track wandb_project_name find_unused static_graph pin_cpus "
     "dist_timeout checkpoint_interval eval_interval eval_episodes eval_mode resume precision compile "
     "print_interval bench_env eval_checkpoint eval_json baseline render render_fps"
 ).split()
 
 
-def checkpoint_state(agent, optimizers, minibatch_gen, env, carry: dict, counters: dict, meta: dict) -> tuple:
-    """(the shared state, this rank's part): everything to continue exactly; restore_state reads it back."""
-    shared = {"model": agent.state_dict(), "optimizers": [o.state_dict() for o in optimizers], **counters, **meta}
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    rng |= {"cuda": torch.cuda.get_rng_state(env.device)} if env.device.type == "cuda" else {}  # its own GPU's
-    mine = {"env": env.state_dict(), "rng": rng, **carry}
-    return {**shared, "minibatch_rng": minibatch_gen.get_state()}, mine
+def state_of(obj):
+    """What a checkpoint keeps of obj: a state_dict, a generator's state, or a list of those."""
+    if isinstance(obj, list | tuple):
+        return [state_of(x) for x in obj]
+    return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
 
 
-def restore_state(state: dict, agent, optimizers, minibatch_gen, env, carry: dict) -> dict:
-    """checkpoint_state's inverse; returns the carry (envs that saved no state, None, keep their fresh episodes)."""
-    agent.load_state_dict(state["model"])
-    for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
-        opt.load_state_dict(opt_state)
-    minibatch_gen.set_state(state["minibatch_rng"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    if "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], env.device)
-    if state["env"] is not None:
-        env.load_state_dict(state["env"])
-        carry = {k: None if state[k] is None else state[k].to(env.device) for k in carry}
-    return carry
+def load_state(obj, state) -> None:
+    """state_of's inverse, in place."""
+    if isinstance(obj, list | tuple):
+        for x, s in zip(obj, state, strict=True):
+            load_state(x, s)
+    elif isinstance(obj, torch.Generator):
+        obj.set_state(state)
+    else:
+        obj.load_state_dict(state)
 
 
-def save_checkpoint(path: Path, shared: dict, mine: dict) -> None:
-    """Rank 0 writes the shared state and every rank's part as one file, atomically; a failed write stops all."""
-    ranks = gather_to_rank0(to_cpu(mine))  # a failed write stops every rank; the earlier checkpoints stay loadable
-    on_rank0(atomic_save, {**shared, "ranks": ranks}, path, doing=f"write checkpoint {path}")
+def restore(saved: dict, shared: dict, envs, rollout_start: tuple) -> tuple:
+    """A checkpoint back into the shared state, this rank's envs and random state; returns its rollout start
+    (envs that saved no state, None, keep their fresh episodes and the rollout start given)."""
+    shared["agent"].load_state_dict(saved["model"])
+    for name, obj in shared.items():
+        if name != "agent":
+            load_state(obj, saved["shared"][name])
+    torch.set_rng_state(saved["rng"]["torch"])
+    np.random.set_state(saved["rng"]["numpy"])
+    random.setstate(saved["rng"]["python"])
+    if "cuda" in saved["rng"]:
+        torch.cuda.set_rng_state(saved["rng"]["cuda"], envs.device)
+    if len(saved["rollout_start"]) != len(rollout_start):
+        counts = f"{len(saved['rollout_start'])} per-env tensors, the loop {len(rollout_start)}"
+        what = "the same ones go to run.resume and run.end_update"
+        raise StopEveryRank(f"the checkpoint's rollout start holds {counts}: {what}")
+    if saved["env"] is None:
+        return rollout_start
+    envs.load_state_dict(saved["env"])
+    return tuple(None if x is None else x.to(envs.device) for x in saved["rollout_start"])
 
 
-def restore_checkpoint(run_dir: Path, args: Args) -> dict | None:
-    """What this rank resumes from (None: a fresh run): rank 0 reads the run directory, the others get its verdict."""
-    ckpt = {}
-
-    def read() -> dict | None:
-        ckpt.update(read_run_dir(run_dir, args) or {})
-        return {k: v for k, v in ckpt.items() if k != "ranks"} or None
-
-    shared, mine = on_rank0(read, doing=f"read {run_dir}"), [None]
-
-    if shared is not None:
-        dist.scatter_object_list(mine, ckpt.get("ranks"), src=0)
-    return shared and {**shared, **mine[0]}
+def read_checkpoint(run_dir: Path, args: Args) -> dict | None:
+    """This rank's view of the checkpoint to continue from (None: a fresh run): rank 0 reads the run
+    directory, every rank gets the shared state and, by a scatter, its own part."""
+    found = on_rank0(read_run_dir, run_dir, args, doing=f"read {run_dir}")
+    if found is None:
+        return None
+    shared, ranks = found
+    mine = [None]
+    dist.scatter_object_list(mine, ranks, src=0)
+    return {**shared, **mine[0]}
 
 
-def read_run_dir(run_dir: Path, args: Args) -> dict | None:
-    """Rank 0's verdict: the newest usable checkpoint to continue (with "path"), None for a fresh run, or ArgError."""
-    restarts = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")  # torchrun restarted the group, SLURM the job
+def read_run_dir(run_dir: Path, args: Args) -> tuple[dict, list] | None:
+    """Rank 0's verdict: the newest usable checkpoint (its shared part with "path", the ranks' parts), None
+    for a fresh run, or ArgError."""
+    restarts = (
+        "TORCHELASTIC_RESTART_COUNT",
+        "SLURM_RESTART_COUNT",
+    )  # torchrun restarted the group, SLURM the job
     if not (args.resume or any(int(os.environ.get(k) or 0) > 0 for k in restarts)):
         if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
-            raise ArgError(f"{run_dir} already holds a run: continue it with --resume, or choose another --run-name")
+            raise ArgError(
+                f"{run_dir} already holds a run: continue it with --resume, or choose another --run-name"
+            )
         return None
     for path in sorted((run_dir / "checkpoints").glob("update_*.pt"), reverse=True):
         try:
@@ -775,7 +1098,8 @@ def read_run_dir(run_dir: Path, args: Args) -> dict | None:
         for k, v in {**asdict(args), "world_size": dist.get_world_size()}.items():
             if k not in RESUME_MAY_CHANGE and saved.get(k) != v:
                 raise ArgError(f"{path} was written with {k}={saved.get(k)}; resume with the same value")
-        return {**ckpt, "path": str(path)}
+        ranks = ckpt.pop("ranks")
+        return {**ckpt, "path": str(path)}, ranks
     if args.resume:
         raise ArgError(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}")
     return None
@@ -786,7 +1110,9 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ArgError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise ArgError(
+            f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from None
     missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, dict) else ["everything: not a dict"]
     if missing:
         raise ArgError(f"cannot load checkpoint {path}: it lacks {', '.join(missing)}")
@@ -794,7 +1120,7 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save (text: write) to a temporary name, then rename: a reader sees the old file or the whole new one."""
+    """torch.save (text: write) to a temporary name, then rename: readers see the old file or the new."""
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -805,8 +1131,13 @@ def atomic_save(obj, path: Path) -> None:
             tmp.unlink()
 
 
-def to_cpu(x):  # a copy of nested dicts of tensors, every tensor on the CPU
-    return {k: to_cpu(v) for k, v in x.items()} if isinstance(x, dict) else x.cpu() if torch.is_tensor(x) else x
+def to_cpu(x):
+    """A copy of nested dicts and lists of tensors, every tensor on the CPU."""
+    if isinstance(x, dict):
+        return {k: to_cpu(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(to_cpu(v) for v in x)
+    return x.cpu() if torch.is_tensor(x) else x
 
 
 # == Evaluation: episodes in envs of their own, in-process (rank 0) or in a separate process ==
@@ -815,8 +1146,10 @@ MAX_VIDEO_FRAMES = 1000  # a GIF holds at most this many steps of an episode
 
 
 @torch.inference_mode()
-def evaluate(policy, args: Args, episodes: int, *, device="cpu", show=None, frames=None, limit=math.inf) -> dict:
-    """Mean metrics of `episodes` games of policy(env, obs) ended within `limit` s; show renders, frames saves."""
+def evaluate(
+    policy, args: Args, episodes: int, *, device="cpu", show=None, frames=None, limit=math.inf
+) -> dict:
+    """Metrics of `episodes` games of policy(env, obs) ended within `limit` s; show renders, frames keeps."""
     deadline = time.monotonic() + limit
     env = Env(episodes, device, args.seed + EVAL_SEED, 0, args)
     obs, finished, timed_out = env.reset(), torch.zeros(episodes, dtype=torch.bool, device=device), False
@@ -845,11 +1178,13 @@ def evaluate(policy, args: Args, episodes: int, *, device="cpu", show=None, fram
 
 
 def save_gif(frames: list, path: Path, fps: float = 15.0) -> None:
-    """Frames (uint8 [H, W, 3]) as a GIF at least 240 pixels across, written atomically (Pillow imported here)."""
+    """Frames (uint8 [H, W, 3]) as a GIF >= 240 pixels across, written atomically (Pillow imported here)."""
     from PIL import Image
 
     scale = max(1, -(-240 // frames[0].shape[1]))
-    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    images = [
+        Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
@@ -857,12 +1192,14 @@ def save_gif(frames: list, path: Path, fps: float = 15.0) -> None:
 
 
 def greedy(agent: nn.Module):
-    """policy(env, obs) of the agent's greedy actions, its memory carried on (evaluate counts first episodes only)."""
-    memory = {}
+    """policy(env, obs) of the agent's greedy actions, its memory carried on (evaluate counts first games)."""
+    memory, started = None, False
 
     def policy(env, obs: torch.Tensor) -> torch.Tensor:
-        state = memory["state"] if memory else agent.initial_state(env.num_envs, obs.device)
-        action, *_, memory["state"] = agent(obs, state, torch.zeros(env.num_envs, device=obs.device), greedy=True)
+        nonlocal memory, started
+        if not started:
+            memory, started = agent.initial_memory(env.num_envs, obs.device), True
+        action, *_, memory = agent(obs, memory, torch.zeros(env.num_envs, device=obs.device), greedy=True)
         return action
 
     return policy
@@ -871,24 +1208,34 @@ def greedy(agent: nn.Module):
 def play(args: Args) -> int:
     """--eval-checkpoint (the policy rebuilt from the file alone, in one process) or --baseline NAME."""
     if args.baseline:
-        train_args, name, policy = args, args.baseline, BASELINES[args.baseline](torch.Generator().manual_seed(1))
+        train_args, name, policy = (
+            args,
+            args.baseline,
+            BASELINES[args.baseline](torch.Generator().manual_seed(1)),
+        )
     else:
         ckpt = load_checkpoint(Path(args.eval_checkpoint))
-        saved = {k: v for k, v in ckpt["args"].items() if k in Args.__dataclass_fields__}  # an older file's fields too
+        saved = {
+            k: v for k, v in ckpt["args"].items() if k in Args.__dataclass_fields__
+        }  # an older file's fields too
         train_args, name = Args(**{**saved, "seed": args.seed}), "greedy"
 
         agent = Agent(tuple(ckpt["obs_shape"]), ckpt["n_actions"], train_args)
         agent.load_state_dict(ckpt["model"])
         policy = greedy(agent.eval())
-    show = lambda frame: print("\033[H\033[J" + frame, flush=True) or time.sleep(1.0 / args.render_fps)  # noqa: E731
+    show = lambda frame: print("\033[H\033[J" + frame, flush=True) or time.sleep(1.0 / args.render_fps)
     episodes, frames = 1 if args.render else args.eval_episodes, [] if args.capture_video else None
     stats = evaluate(policy, train_args, episodes, show=show if args.render else None, frames=frames)
-    if frames:  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
+    if (
+        frames
+    ):  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
         video = Path(args.eval_json or args.eval_checkpoint or f"baseline_{name}").with_suffix(".gif")
         save_gif(frames, video)
         print(f"video: {video}")
     (first, *rest), words = EPISODE_METRICS, lambda k: f"{k.replace('_', ' ')}"
-    others = ", ".join(f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest)  # the first metric is the headline
+    others = ", ".join(
+        f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest
+    )  # the first metric is the headline
     print(f"{episodes} {name} episodes: {words(first)} per episode {stats['eval/' + first]:.2f} ({others})")
     if args.eval_json:  # an async evaluation: rank 0 reads this file once this process has ended
         atomic_save(json.dumps(stats), Path(args.eval_json))
@@ -897,7 +1244,10 @@ def play(args: Args) -> int:
 
 def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, update: int, step: int, args: Args) -> dict:
     """Evaluate a snapshot of the policy in a separate process (its log in run_dir/eval/)."""
-    snapshot, out = run_dir / f"eval/policy_{update:08d}.pt", run_dir / f"eval/update_{update:08d}_step_{step}.json"
+    snapshot, out = (
+        run_dir / f"eval/policy_{update:08d}.pt",
+        run_dir / f"eval/update_{update:08d}_step_{step}.json",
+    )
     atomic_save({"model": agent.state_dict(), **meta}, snapshot)
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("TORCHELASTIC")}
@@ -910,7 +1260,7 @@ def start_async_eval(agent: nn.Module, meta: dict, run_dir: Path, update: int, s
 
 
 def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[str, float]:
-    """The ended evaluations into TensorBoard at their step, the newest returned; `wait` s for the rest, then kill."""
+    """The ended evaluations into TensorBoard at their step, the newest returned; `wait` s, then kill."""
     deadline, latest = time.monotonic() + wait, {}
     for ev in list(evals):
         if wait:  # then kill (a no-op on a process that has ended)
@@ -921,7 +1271,7 @@ def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[st
         if ev["proc"].poll() is None:
             continue
         evals.remove(ev)
-        try:  # a failed, killed or unreadable evaluation is reported and dropped: it never takes the training down
+        try:  # a failed, killed or unreadable evaluation is reported and dropped: it never stops the training
             if ev["proc"].returncode != 0:
                 raise RuntimeError(f"exit code {ev['proc'].returncode}")
             stats = json.loads(ev["json"].read_text())
@@ -939,8 +1289,10 @@ def collect_async_evals(evals: list[dict], writer, wait: float = 0.0) -> dict[st
 
 
 def bench_env(env, steps: int) -> float:
-    """Env-steps per second with random actions (drawn up front, so only the environment is timed)."""
-    actions = torch.randint(0, env.n_actions, (16, env.num_envs), device=env.device)
+    """Env-steps per second of random valid actions (the `random` baseline's, drawn first): the env alone."""
+    obs = env.reset()
+    random_policy = BASELINES["random"](torch.Generator().manual_seed(0))
+    actions = [random_policy(env, obs).to(env.device) for _ in range(16)]
     for t in range(-10, steps):  # 10 steps of warm-up first
         if t == 0:
             start = clock(env.device)
@@ -949,21 +1301,16 @@ def bench_env(env, steps: int) -> float:
 
 
 # == Logging on rank 0: TensorBoard, progress.csv (and wandb with --track), the console table ==
-def metric_names(args: Args) -> list[str]:
-    """The columns of progress.csv after update and global_step, from the tables at the top of the file."""
-    charts = ["charts/SPS", "charts/learning_rate", "charts/episodes", *EPISODE_METRICS.values()]
-    losses = [f"losses/{k}" for k in "policy_loss value_loss entropy approx_kl clipfrac explained_variance".split()]
-    schedules = [f"schedule/{k}" for k in schedules_at(args, 0.0)]
-    return [*charts, *losses, "time/rollout_s", "time/update_s", *schedules, *(f"eval/{k}" for k in EPISODE_METRICS)]
+# == Logging on rank 0: TensorBoard, progress.csv (and wandb with --track), the console table ==
+class RunLog:
+    """Rank 0's outputs in runs/<run_name>/: config.json, TensorBoard, progress.csv (its columns set by the
+    first row: every row has the same keys, episode and evaluation metrics aside), wandb with --track."""
 
-
-class RunLog(contextlib.AbstractContextManager):
-    """Rank 0's outputs in runs/<run_name>/ (config.json, TensorBoard, progress.csv, wandb), closed on every exit."""
-
-    def __init__(self, run_dir: Path, config: dict, args: Args, last_update: int, start_step: int):
-
+    def __init__(
+        self, run_dir: Path, config: dict, args: Args, last_update: int, start_step: int, started: float
+    ):
         self.wandb, self.args, self.last_print, self.shown = None, args, 0.0, {}
-        self.started, self.start_step = time.time(), start_step  # this session's pace gives the time left
+        self.started, self.start_step = started, start_step  # this session's pace gives the time left
         if args.track:  # imported only when asked for; before SummaryWriter, whose scalars it mirrors
             import wandb
 
@@ -976,31 +1323,49 @@ class RunLog(contextlib.AbstractContextManager):
         self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
         table = "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", table)
-        rows = []  # progress.csv holds exactly updates 1..last_update: a resumed run drops rows after its checkpoint
+        self.rows = []  # progress.csv holds updates 1..last_update: a resume drops rows after its checkpoint
         if last_update > 0 and (run_dir / "progress.csv").exists():
             with open(run_dir / "progress.csv", newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["update"]) <= last_update]
-        self.csv_file = open(run_dir / "progress.csv", "w", newline="")  # noqa: SIM115  (open for the whole run)
-        self.csv = csv.DictWriter(self.csv_file, fieldnames=["update", "global_step", *metric_names(args)])
-        self.csv.writeheader()
-        self.csv.writerows(rows)
-        self.csv_file.flush()
+                self.rows = [r for r in csv.DictReader(f) if int(r["update"]) <= last_update]
+        self.path, self.csv_file, self.csv = run_dir / "progress.csv", None, None
 
     def write(self, row: dict, per_rank_sps: list[float], last: bool) -> None:
-        """One update's row into TensorBoard and progress.csv; the console table every print_interval s and last."""
+        """One update's row into TensorBoard and progress.csv; the console table now and then, and last."""
         for k, v in row.items():
             if "/" in k:
                 self.writer.add_scalar(k, v, row["global_step"])
+        if (
+            self.csv is None
+        ):  # the first row of this session: the columns, then the rows kept from the last one
+            games = [*EPISODE_METRICS.values(), "charts/episodes"]
+            columns = [
+                "update",
+                "global_step",
+                "charts/SPS",
+                *games,
+                *row,
+                *(f"eval/{k}" for k in EPISODE_METRICS),
+            ]
+            self.csv_file = open(self.path, "w", newline="")  # noqa: SIM115  (open for the whole run)
+            self.csv = csv.DictWriter(
+                self.csv_file, fieldnames=list(dict.fromkeys(columns)), extrasaction="ignore"
+            )
+            self.csv.writeheader()
+            self.csv.writerows(self.rows)
         self.csv.writerow(row)
         self.csv_file.flush()
         self.shown.update(row)  # the table shows each metric's last known value
         if not last and time.time() - self.last_print < self.args.print_interval:
             return
+        self.last_print = time.time()
+        self.print_table(per_rank_sps)
+
+    def print_table(self, per_rank_sps: list[float]) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        self.last_print, r, total = time.time(), self.shown, self.args.total_timesteps
-        elapsed = self.last_print - self.started
+        r, total = self.shown, self.args.total_timesteps
+        elapsed = time.perf_counter() - self.started
         left = elapsed * (total - r["global_step"]) / max(r["global_step"] - self.start_step, 1)
         table = Table(title=f"update {r['update']}", show_header=False)
         table.add_row("steps", f"{r['global_step']:,} / {total:,} ({100 * r['global_step'] / total:.1f}%)")
@@ -1009,20 +1374,24 @@ class RunLog(contextlib.AbstractContextManager):
         table.add_row("SPS (global / per rank)", sps)
         for tag in EPISODE_METRICS.values():
             table.add_row(tag, f"{r[tag]:.2f}" if tag in r else "no episode has ended yet")
-        losses = ("policy_loss", "value_loss", "entropy")
-        table.add_row("losses policy / value / entropy", " / ".join(f"{r['losses/' + k]:.4f}" for k in losses))
-        table.add_row("schedule", ", ".join(f"{k[9:]} {v:.3g}" for k, v in r.items() if k.startswith("schedule/")))
+        for title, prefixes in (
+            ("losses", ("losses/",)),
+            ("schedule", ("charts/learning_rate", "schedule/")),
+        ):
+            shown = [f"{k.split('/')[-1]} {v:.4g}" for k, v in r.items() if k.startswith(prefixes)]
+            table.add_row(title, ", ".join(shown))
         table.add_row("time rollout / update (s)", f"{r['time/rollout_s']:.2f} / {r['time/update_s']:.2f}")
         Console().print(table)
 
-    def __exit__(self, exc_type, *_):
+    def close(self, failed: bool) -> None:
         self.writer.close()  # a stop signal cannot cut this short (it only sets stop_request)
-        self.csv_file.close()
+        if self.csv_file is not None:
+            self.csv_file.close()
         if self.wandb is not None:
-            self.wandb.finish(exit_code=0 if exc_type is None else 1)
+            self.wandb.finish(exit_code=1 if failed else 0)
 
 
-# == Main: argument checks, the other modes, DDP set-up and teardown ==
+# == Main: the other modes, DDP set-up and teardown ==
 def find_unused_aliases(argv: list[str]) -> list[str]:
     """--find-unused alone means --find-unused=on, --no-find-unused --find-unused=off."""
     alone = lambda i: argv[i] == "--find-unused" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
@@ -1039,11 +1408,14 @@ def main() -> int:
     cpus = cpu_share(allowed_cpus(), local_rank, local_world)
     if "OMP_NUM_THREADS" not in os.environ:  # torch threads: one local rank's share of the CPUs
         torch.set_num_threads(len(cpus))
-    try:
-        derived_sizes(args, world_size)  # every check that needs no agreed size, before anything heavy
+    one_process_modes = args.eval_checkpoint or args.baseline or args.bench_env
+    try:  # every check that needs no agreed size, before anything heavy (the sizes: once agreed, below)
+        validate(replace(args, num_envs=args.num_envs or 1) if one_process_modes else args, world_size)
         if use_cuda and local_world > torch.cuda.device_count():
             n = torch.cuda.device_count()
-            raise ArgError(f"{local_world} processes on this node but {n} GPU(s): --nproc-per-node={n}, or --no-cuda")
+            raise ArgError(
+                f"{local_world} processes on this node but {n} GPU(s): --nproc-per-node={n}, or --no-cuda"
+            )
         if args.eval_checkpoint or args.baseline:
             return play(args)
     except ArgError as e:
@@ -1058,26 +1430,41 @@ def main() -> int:
     if use_cuda:  # DDP set-up: every rank reaches every collective below in the same order
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=args.dist_timeout)
-    for sig in STOP_SIGNALS:  # from here a stop signal is a request, served at the next update (train)
+    for (
+        sig
+    ) in STOP_SIGNALS:  # from here a stop signal is a request, served at the end of the update in flight
         signal.signal(sig, lambda signum, _frame: stop_request.update(signal=signum))
     store, backend = rendezvous_store(rank, world_size, timeout), "nccl" if use_cuda else "gloo"
-    kwargs = {"rank": rank, "world_size": world_size, "timeout": timeout, "device_id": device if use_cuda else None}
+    kwargs = {
+        "rank": rank,
+        "world_size": world_size,
+        "timeout": timeout,
+        "device_id": device if use_cuda else None,
+    }
     dist.init_process_group(backend, store=store, **kwargs)
     try:  # every exit path below leaves through `finally`, which shuts the process group down
         if args.pin_cpus and not use_cuda and hasattr(os, "sched_setaffinity") and cpus != allowed_cpus():
-            os.sched_setaffinity(0, cpus)  # after init_process_group: this thread alone, not gloo's (docs/scaling.md)
+            os.sched_setaffinity(
+                0, cpus
+            )  # after init_process_group: this thread alone, not gloo's (docs/scaling.md)
         else:
             cpus = allowed_cpus()
-        args.num_envs = agree_num_envs(args, device, local_world)
-        sizes = derived_sizes(args, world_size)  # the same verdict on every rank: the sizes are agreed
-        code = train(args, sizes, device, cpus)
+        if not args.num_envs:
+            args.num_envs = agree_num_envs(args, device, local_world)
+            validate(args, world_size)  # the same verdict on every rank: the sizes are agreed
+        with Run(args, device, cpus) as run:
+            train(args, run)
+            code = run.finish()
         dist.barrier()  # a successful run ends together
         return code
-    except (ArgError, FloatingPointError, StopEveryRank) as e:  # each raised on every rank alike (the same verdict)
-        stopped = "" if isinstance(e, ArgError) else ": training stopped on every rank"  # bad input (2) or a failure
-        print(f"error: {e}{stopped}", file=sys.stderr)
-        return 1 if stopped else 2
-
+    except (
+        ArgError,
+        FloatingPointError,
+        StopEveryRank,
+    ) as e:  # each raised on every rank alike (one verdict)
+        failure = not isinstance(e, ArgError)  # bad input (exit 2) or a failure at run time (exit 1)
+        print(f"error: {e}{': training stopped on every rank' if failure else ''}", file=sys.stderr)
+        return 1 if failure else 2
     except KeyboardInterrupt:  # Ctrl-C: leave through `finally`, which shuts the process group down
         print(f"rank {rank}: interrupted; destroying the process group", file=sys.stderr)
         return 130
@@ -1087,143 +1474,15 @@ def main() -> int:
 
 
 def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
-    """torchrun's store (MASTER_ADDR:MASTER_PORT) with a prefix per restart, or an in-process one for `python`."""
+    """torchrun's store (MASTER_ADDR:MASTER_PORT), a prefix per restart; or an in-process one for `python`."""
     if "MASTER_ADDR" not in os.environ:
         return dist.HashStore()
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it: all are clients
+    agent_store = (
+        os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    )  # torchrun hosts it: all are clients
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     store = dist.TCPStore(addr, port, world_size, is_master=rank == 0 and not agent_store, timeout=timeout)
     return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-
-
-# == Training ==
-def train(args: Args, sizes: dict, device: torch.device, cpus: list[int]) -> int:
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    args.run_name = agree_run_name(args)
-    run_dir = Path("runs") / args.run_name
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    # the envs of this rank, the agent (the same initial weights everywhere), its optimizers
-    env = Env(args.num_envs, device, args.seed, rank * args.num_envs, args)
-    torch.manual_seed(args.seed)
-    agent = Agent(env.obs_shape, env.n_actions, args).to(device)
-    torch.manual_seed(args.seed + rank)  # action sampling differs per rank
-    optimizers = make_optimizers(agent, args)
-    minibatch_gen = torch.Generator(device).manual_seed(args.seed)  # the same permutations on every rank
-    meta = {"args": asdict(args), "world_size": world_size, "obs_shape": env.obs_shape, "n_actions": env.n_actions}
-    carry = {"next_obs": env.reset(), "next_done": torch.zeros(args.num_envs, device=device)}
-    carry["next_state"] = agent.initial_state(args.num_envs, device)  # the agent's memory (None: it has none)
-    n, k, whole = args.num_envs, args.num_minibatches, "an agent with memory trains on whole envs"
-    if carry["next_state"] is not None and n % k:
-        raise ArgError(f"{whole}: --num-envs {n} must be divisible by --num-minibatches {k}")
-
-    # find_unused_parameters where the loss leaves parameters unused (auto); fail fast where DDP is not told
-    unused = unused_parameters(agent, env, carry["next_obs"], args)
-    find_unused = bool(unused) if args.find_unused == "auto" else args.find_unused == "on"
-    if unused and not find_unused:
-        raise ArgError(
-            f"the loss gives no gradient to {', '.join(unused)}, which DDP refuses ('Expected to have finished "
-            "reduction in the prior iteration'); fix: --find-unused, or a loss that uses every output"
-        )
-
-    # resume: rank 0 reads the run directory; every rank gets the shared state and its own envs and RNG
-    state = restore_checkpoint(run_dir, args)
-    if state:
-        carry = restore_state(state, agent, optimizers, minibatch_gen, env, carry)
-        if rank == 0:
-            print(f"resumed from {state['path']} at update {state['update']}, global_step {state['global_step']:,}")
-            if state["env"] is None:
-                print("the environments cannot save their state: their episodes restart (all else is restored)")
-
-    # DDP wrapping: training forwards go through `model`; rollouts use the plain `agent`
-    ids = [device.index] if device.type == "cuda" else None
-    model = DDP(agent, device_ids=ids, find_unused_parameters=find_unused, static_graph=args.static_graph)
-    check_identical(agent, "after wrapping")
-    policy, model = (torch.compile(agent), torch.compile(model)) if args.compile else (agent, model)
-
-    start = {k: state[k] for k in ("update", "global_step")} if state else {"update": 0, "global_step": 0}
-    placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus, "threads": torch.get_num_threads()}
-    ranks = gather_to_rank0(placement)
-    log, evals = None, []  # evals: separate evaluations still running (--eval-mode async)
-    if rank == 0:
-        config = {**asdict(args), **sizes, "torch_version": torch.__version__, "device": str(device), "ranks": ranks}
-        log = RunLog(run_dir, config, args, start["update"], start["global_step"])
-        size = f"{args.num_envs} envs per rank, batch {sizes['global_batch_size']}, {sizes['num_updates']} updates"
-        print(
-            f"run {args.run_name}: world size {world_size}, device {device}, {size}; unused parameters: "
-            f"{', '.join(unused) or 'none'}, so find_unused_parameters={find_unused} (--find-unused {args.find_unused})"
-        )
-        if sizes["num_updates"] < FEW_UPDATES:
-            print(f"warning: only {sizes['num_updates']} updates: PPO learns little in so few", file=sys.stderr)
-    stopping, global_step = False, start["global_step"]
-    with log or contextlib.nullcontext():  # rank 0's files are closed on every exit path
-        for update in range(start["update"] + 1, sizes["num_updates"] + 1):
-            coef = schedules_at(args, (update - 1) * sizes["global_batch_size"] / args.total_timesteps)
-            for group in (g for opt in optimizers for g in opt.param_groups):
-                group["lr"] = coef["learning_rate"]
-
-            # rollout with the plain module, advantages, then the update through DDP
-            t0, state0 = clock(device), carry["next_state"]
-            b, next_value, ep, carry = rollout(policy, env, carry, args)
-            global_step += b["rewards"].numel() * world_size
-            b["advantages"], b["returns"] = compute_advantages(b, next_value, carry["next_done"], args)
-            b = {k: v.flatten(0, 1) for k, v in b.items()}  # [T, N, ...] -> [T * N, ...]
-            t1 = clock(device)
-            losses = ppo_update(model, optimizers, b, args, coef, minibatch_gen, state0)
-            t2 = clock(device)
-
-            # statistics of all ranks, by name, in one collective (stop requests too); evaluation; rank 0 logs
-            timing = {"sps": b["rewards"].numel() / (t2 - t0), "rollout_s": t1 - t0, "update_s": t2 - t1}
-            var_y = b["returns"].var()  # the explained variance, 0 where the returns do not vary (no host sync)
-            explained = torch.where(var_y > 0, 1 - (b["returns"] - b["values"]).var() / var_y, 0.0)
-            mine = {**ep, **timing, "explained_variance": explained, "signal": stop_request["signal"]}
-            stats = gather_stats(mine, device)
-            stopping = any(stats["signal"]) and update < sizes["num_updates"]  # one rank's signal stops all here
-            last = update == sizes["num_updates"] or stopping
-            evaluating = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
-            half, eval_stats, frames = args.dist_timeout / 2, {}, [] if args.capture_video else None
-            if rank == 0 and evaluating and not stopping and args.eval_mode == "local":  # the others wait <= half
-                eval_stats = evaluate(greedy(agent), args, args.eval_episodes, device=device, frames=frames, limit=half)
-
-                if frames:
-                    save_gif(frames, run_dir / "videos" / f"update_{update:08d}.gif")
-            elif rank == 0 and evaluating and not stopping:
-                evals.append(start_async_eval(agent, meta, run_dir, update, global_step, args))
-            if rank == 0:
-                if args.eval_mode == "async":  # the last row waits for those running, within the others' patience
-                    wait = 5.0 if stopping else half if last else 0  # (a stop: within its budget)
-
-                    eval_stats = collect_async_evals(evals, log.writer, wait) or eval_stats
-                sps = b["rewards"].numel() * world_size / (time.perf_counter() - t0)
-                row = {"update": update, "global_step": global_step, **losses, **eval_stats, **reduce_stats(stats)}
-                row |= {"charts/SPS": sps, "charts/learning_rate": coef["learning_rate"]}
-                log.write(row | {f"schedule/{k}": v for k, v in coef.items()}, stats["sps"], last)
-
-            # checkpoint: rank 0 writes everything every rank needs to continue exactly; a stop ends here
-            path = run_dir / "checkpoints" / f"update_{update:08d}.pt"
-            if stopping or (args.checkpoint_interval and update % args.checkpoint_interval == 0):
-                counters = {"update": update, "global_step": global_step}
-                save_checkpoint(path, *checkpoint_state(agent, optimizers, minibatch_gen, env, carry, counters, meta))
-            if stopping:
-                break
-
-        check_identical(agent, "at the stop" if stopping else "at the end")
-        if stopping:
-            if rank == 0:
-                who = ", ".join(sorted({signal.Signals(int(s)).name for s in stats["signal"] if s}))
-                print(
-                    f"stopped by {who} ({sum(map(bool, stats['signal']))} of {world_size} ranks) at update {update}: "
-                    f"checkpoint {path}; the same command with --resume continues (a torchrun restart or a requeued "
-                    f"SLURM job continues by itself); exit code {PREEMPTED}"
-                )
-            return PREEMPTED
-        if rank == 0:
-            print(f"parameters identical on all {world_size} ranks after {sizes['num_updates']} updates")
-            atomic_save({"model": agent.state_dict(), **meta}, run_dir / "final_model.pt")
-            print(f"done: {global_step:,} steps; final model in {run_dir / 'final_model.pt'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ class ActorCritic(nn.Module):
 USED_OUTPUTS = ("logits",)  # the loss below reads only the actor
 
 
-def actor_only_loss(out: dict[str, torch.Tensor], actions: torch.Tensor, advantages: torch.Tensor, hack: bool):
+def actor_only_loss(
+    out: dict[str, torch.Tensor], actions: torch.Tensor, advantages: torch.Tensor, hack: bool
+):
     """A policy-gradient loss with an entropy bonus that ignores the value and aux heads."""
     dist_ = torch.distributions.Categorical(logits=out["logits"])
     loss = -(dist_.log_prob(actions) * advantages).mean() - 0.01 * dist_.entropy().mean()
@@ -132,7 +134,9 @@ def train(args: Args, rank: int, world_size: int, device: torch.device) -> int:
             print(f"   parameters that received no gradient: {', '.join(unused) or '(none found)'}")
             if args.static_graph:  # observed: static_graph counts every output of forward as used
                 print("   static_graph=True does not cover outputs that forward returns but the loss ignores")
-            print("   fix: --find-unused (DDP(find_unused_parameters=True)), or keep the hack (drop --no-hack)")
+            print(
+                "   fix: --find-unused (DDP(find_unused_parameters=True)), or keep the hack (drop --no-hack)"
+            )
         return 1
 
     # -- after success: identical weights on every rank, and what the unused parameters' .grad holds --
@@ -158,7 +162,8 @@ SCENARIOS = [  # (flags, expected verdict)
     ([], "SUCCESS"),
     (["--no-hack"], "RuntimeError"),
     (["--no-hack", "--find-unused"], "SUCCESS"),
-    (["--no-hack", "--static-graph"], "RuntimeError"),  # static_graph alone is no fix (docs/unused-parameters.md)
+    # static_graph alone is no fix (docs/unused-parameters.md)
+    (["--no-hack", "--static-graph"], "RuntimeError"),
     (["--static-graph"], "SUCCESS"),
 ]
 
@@ -230,10 +235,14 @@ def main() -> int:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if args.backend == "nccl" and torch.cuda.device_count() < local_world:
         n = torch.cuda.device_count()
-        print(f"error: --backend nccl needs a GPU per process: {local_world} processes, {n} GPU(s)", file=sys.stderr)
+        print(
+            f"error: --backend nccl needs a GPU per process: {local_world} processes, {n} GPU(s)",
+            file=sys.stderr,
+        )
         return 2
     backend = args.backend
-    if backend == "auto":  # NCCL only with a GPU for every process of this node (--all starts 2 on a 1-GPU machine)
+    # NCCL only with a GPU for every process of this node (--all starts 2 on a 1-GPU machine)
+    if backend == "auto":
         backend = "nccl" if torch.cuda.device_count() >= local_world else "gloo"
     if backend == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

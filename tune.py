@@ -1,12 +1,13 @@
-"""Hyperparameter search over a PPO script with Optuna: each trial a torchrun job of the script, the study a database.
+"""Hyperparameter search over a PPO script with Optuna: each trial a torchrun job of the script, the study
+a database.
 
-  python tune.py --script ppo_ddp.py --trials 40 --total-timesteps 10000000       # the Arena, into sqlite:///tune.db
+  python tune.py --script ppo_ddp.py --trials 40 --total-timesteps 10000000      # the Arena, into sqlite:///tune.db
   python tune.py --script ppo_ddp_snake.py --space learning-rate ent-coef=log:1e-3:1e-1
-  python tune.py ... --storage postgresql://user@host/db                          # several machines, one study
+  python tune.py ... --storage postgresql://user@host/db                         # several machines, one study
 
-The same command run again continues the study: it runs only the trials still missing, and a trial cut short by
-Ctrl-C or a killed tuner continues from its checkpoint. Each trial's log, trials.csv, the chart and the best command
-line go to runs/tune-<study>/; the trials' own runs to runs/tune-<study>-<trial>/.
+The same command run again continues the study: it runs only the trials still missing, and a trial cut short
+by Ctrl-C or a killed tuner continues from its checkpoint. Each trial's log, trials.csv, the chart and the
+best command line go to runs/tune-<study>/; the trials' own runs to runs/tune-<study>-<trial>/.
 """
 
 import csv
@@ -30,11 +31,14 @@ import optuna
 import tyro
 from optuna.trial import TrialState
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: there since 2.9
+# heartbeats: there since 2.9
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
-# -- the search space of each script: flag -> log:LOW:HIGH (log-uniform), float:LOW:HIGH, int:LOW:HIGH or cat:A,B,...
-VECTORIZED = {  # the scripts whose environments step in torch on the device: Snake as it is, the Arena plus shaping
+# -- the search space of each script: flag -> log:LOW:HIGH (log-uniform), float:LOW:HIGH, int:LOW:HIGH
+#    or cat:A,B,...
+# the scripts whose environments step in torch on the device: Snake as it is, the Arena plus shaping
+VECTORIZED = {
     "learning-rate": "log:2e-4:3e-3",
     "num-steps": "cat:32,64,128",
     "num-minibatches": "cat:2,4,8",
@@ -59,7 +63,11 @@ SPACES = {
         "gae-lambda": "cat:0.9,0.95,0.98",
     },
 }
-METRICS = {"ppo_ddp.py": "arena/hearts", "ppo_ddp_snake.py": "snake/apples", "ppo_ddp_gym.py": "charts/episodic_return"}
+METRICS = {
+    "ppo_ddp.py": "arena/hearts",
+    "ppo_ddp_snake.py": "snake/apples",
+    "ppo_ddp_gym.py": "charts/episodic_return",
+}
 OWN_FLAGS = ("run-name", "seed", "total-timesteps", "resume")  # the tuner sets these for every trial
 REPORTS = 20  # intermediate values at 5%, 10%, ... 100% of a trial's steps: the same steps in every trial
 STOP_WAIT = 90.0  # seconds a stopped trial may take to checkpoint and leave before its processes are killed
@@ -82,9 +90,9 @@ class Args:
     seed: int = 1
     """the seed of every trial: trials differ in their flags only"""
     fixed: list[str] = field(default_factory=list)
-    """flags of every trial, name=value: num-envs=64 eval-interval=0 reward-shaping=False (none in the space)"""
+    """flags of all trials, name=value: num-envs=64 eval-interval=0 reward-shaping=False (not in the space)"""
     space: list[str] = field(default_factory=list)
-    """restrict the space to these flags: a name keeps its range, name=SPEC sets one (log:1e-4:1e-2, cat:2,4,8)"""
+    """limit the space to these flags: a name keeps its range, name=SPEC sets it (log:1e-4:1e-2, cat:2,4,8)"""
     storage: str = "sqlite:///tune.db"
     """the study's database: any SQLAlchemy URL Optuna takes (SQLite, PostgreSQL, MySQL)"""
     study_name: str = ""
@@ -92,7 +100,7 @@ class Args:
     sampler_seed: int = 0
     """seed of the TPE sampler"""
     pruner: Literal["median", "threshold", "none"] = "median"
-    """median: stop a trial below the median of the finished ones at the same step; threshold: below --prune-below"""
+    """median: stop a trial below the finished ones' median at that step; threshold: below --prune-below"""
     prune_startup: int = 5
     """trials the median pruner waits for before it stops any"""
     prune_warmup: float = 0.3
@@ -156,7 +164,9 @@ def build_space(args: Args, fields: dict) -> dict:
     for item in args.space or list(default):
         flag, _, spec = item.partition("=")
         if not spec and flag not in default:
-            raise TunerError(f"--space {flag}: not in the space of {args.script}; give its range, {flag}=log:1e-4:1e-2")
+            raise TunerError(
+                f"--space {flag}: not in the space of {args.script}; give its range, {flag}=log:1e-4:1e-2"
+            )
         chosen[flag] = spec or default[flag]
     if not chosen:
         raise TunerError(f"{args.script} has no search space here: give one with --space flag=SPEC ...")
@@ -191,20 +201,24 @@ def to_flags(params: dict) -> list[str]:
 
 @functools.cache
 def script_info(script: str) -> dict:
-    """The script's flags with their defaults and its progress.csv columns, read from the script itself."""
+    """The script's flags with their defaults and the progress.csv columns a study can optimize (the episode
+    metrics, their evaluations, steps/s), read from the script itself."""
     code = (
         "import dataclasses, importlib.util, json, sys; sys.argv = [sys.argv[1]]\n"
         "spec = importlib.util.spec_from_file_location('script', sys.argv[0])\n"
         "m = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(m); a = m.Args()\n"
+        "games = [*m.EPISODE_METRICS.values(), *('eval/' + k for k in m.EPISODE_METRICS)]\n"
         "print(json.dumps({'fields': {f.name: getattr(a, f.name) for f in dataclasses.fields(a)},"
-        " 'metrics': m.metric_names(a)}, default=str))"
+        " 'metrics': [*games, 'charts/SPS']}, default=str))"
     )
     if not Path(script).is_file():
         raise TunerError(f"--script {script}: no such file")
     out = subprocess.run([sys.executable, "-c", code, script], capture_output=True, text=True, timeout=120)
     if out.returncode:
-        raise TunerError(f"--script {script}: not a PPO script of this project ({out.stderr.strip().splitlines()[-1]})")
+        raise TunerError(
+            f"--script {script}: not a PPO script of this project ({out.stderr.strip().splitlines()[-1]})"
+        )
     return json.loads(out.stdout)
 
 
@@ -231,18 +245,20 @@ def read_rows(run_dir: Path, metric: str) -> list[tuple[int, int, float | None]]
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [(int(r["update"]), int(r["global_step"]), float(r[metric]) if r.get(metric) else None) for r in rows]
+    return [
+        (int(r["update"]), int(r["global_step"]), float(r[metric]) if r.get(metric) else None) for r in rows
+    ]
 
 
 def objective(rows: list[tuple[int, int, float | None]], num_updates: int) -> float:
-    """The metric's mean over the last 10% of the run's updates (at least one) up to the last row; NaN if none."""
+    """The metric's mean over the last 10% of the updates (at least one) up to the last row; NaN if none."""
     last = rows[-1][0] if rows else 0
     window = [v for u, _, v in rows if u > last - math.ceil(num_updates / 10) and v is not None]
     return sum(window) / len(window) if window else math.nan
 
 
 def intermediate(rows: list[tuple[int, int, float | None]], total: int, num_updates: int) -> dict[int, float]:
-    """The objective so far at each 1/REPORTS of the trial's steps that has been passed (step k: k/REPORTS)."""
+    """The objective so far at each 1/REPORTS of the trial's steps already passed (step k: k/REPORTS)."""
     passed = [k for k in range(1, REPORTS + 1) if rows and rows[-1][1] >= total * k / REPORTS]
     return {k: objective([r for r in rows if r[1] <= total * k / REPORTS], num_updates) for k in passed}
 
@@ -258,7 +274,7 @@ def request_stop(signum, frame) -> None:
 
 
 def die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the tuner dies, so a killed tuner's trial stops and checkpoints."""
+    """In the child before exec: SIGTERM if the tuner dies, so a dead tuner's trial stops and checkpoints."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
@@ -280,7 +296,7 @@ def wait_for_job(job: str) -> None:
 
 
 def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue a stopped trial again with its flags: it continues its run from the checkpoint, or starts over."""
+    """Requeue a stopped trial with its flags: it continues its run from the checkpoint, or starts over."""
     if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
         return  # another tuner of the study queued it already
     attrs = {"retry_of": trial.number, "resume_from": trial.user_attrs.get("run_name", "")}
@@ -288,7 +304,7 @@ def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 def run_trial(study: optuna.Study, args: Args, space: dict, metric: str, out_dir: Path) -> TrialState:
-    """Ask for a trial, run its torchrun job while reporting to the pruner, and tell the study how it ended."""
+    """Ask for a trial, run its torchrun job while reporting to the pruner, tell the study how it ended."""
     trial = study.ask(space)
     study._storage.record_heartbeat(trial._trial_id)  # from now on a silent trial is known to be stale
     resume_from = trial.user_attrs.get("resume_from", "")
@@ -296,7 +312,13 @@ def run_trial(study: optuna.Study, args: Args, space: dict, metric: str, out_dir
         resume_from = ""  # it left no checkpoint: the run starts over under the trial's own name
     run_name = resume_from or f"tune-{study.study_name}-{trial.number:04d}"
     run_dir, log_path = Path("runs") / run_name, (out_dir / f"trial_{trial.number:04d}.log").resolve()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc_per_node}",
+    ]
     cmd += [
         args.script,
         "--run-name",
@@ -316,7 +338,8 @@ def run_trial(study: optuna.Study, args: Args, space: dict, metric: str, out_dir
         trial.set_user_attr(k, v)
     trial.set_user_attr("job", f"{socket.gethostname()}:{proc.pid}")
     print(
-        f"trial {trial.number}: {shlex.join(to_flags(trial.params))}" + (f" (continues {run_name})" * bool(resume_from))
+        f"trial {trial.number}: {shlex.join(to_flags(trial.params))}"
+        + (f" (continues {run_name})" * bool(resume_from))
     )
 
     reported, pruned, beat = {}, False, 0.0
@@ -346,7 +369,8 @@ def run_trial(study: optuna.Study, args: Args, space: dict, metric: str, out_dir
         study.tell(trial, state=TrialState.FAIL)
         retry(study, study.get_trials(deepcopy=False)[trial.number])
         print(
-            f"trial {trial.number}: stopped by the tuner's {signal.Signals(STOP['signal']).name} (exit code {code}): "
+            f"trial {trial.number}: stopped by the tuner's {signal.Signals(STOP['signal']).name} "
+            f"(exit code {code}): "
             "queued to continue from its checkpoint when the same command runs again"
         )
         return TrialState.FAIL
@@ -362,9 +386,15 @@ def run_trial(study: optuna.Study, args: Args, space: dict, metric: str, out_dir
     value = objective(read_rows(run_dir, metric), num_updates)
     if code != 0 or not math.isfinite(value):
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        ours = [ln for ln in lines if ln.startswith("error:")]  # the scripts' one-line errors, else a traceback's
-        error = (ours or [ln for ln in lines if "Error" in ln] or lines or ["no output"])[-1 if not ours else 0]
-        reason = f"exit code {code}" if code else f"{metric} is {value} (not logged in the last 10%, or not finite)"
+        # the scripts' one-line errors, else a traceback's
+        ours = [ln for ln in lines if ln.startswith("error:")]
+        candidates = ours or [ln for ln in lines if "Error" in ln] or lines or ["no output"]
+        error = candidates[-1 if not ours else 0]
+        reason = (
+            f"exit code {code}"
+            if code
+            else f"{metric} is {value} (not logged in the last 10%, or not finite)"
+        )
         trial.set_user_attr("error", f"{reason}: {error.strip()}"[:500])
         study.tell(trial, state=TrialState.FAIL)
         print(f"trial {trial.number}: failed, {reason}; log {log_path}")
@@ -430,7 +460,9 @@ def draw_chart(study: optuna.Study, metric: str, path: Path) -> None:
             line.append((n, best))
         ax.step(*zip(*line, strict=True), where="post", color="tab:green", label="best so far")
     if cut:
-        ax.scatter(*zip(*cut, strict=True), marker="x", color="tab:red", label="pruned (last reported)", zorder=3)
+        ax.scatter(
+            *zip(*cut, strict=True), marker="x", color="tab:red", label="pruned (last reported)", zorder=3
+        )
     ax.set(xlabel="trial", ylabel=f"{metric}, mean of the last 10% of updates", title=study.study_name)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -454,13 +486,17 @@ def report(study: optuna.Study, args: Args, space: dict, metric: str, out_dir: P
         return
     draw_chart(study, metric, out_dir / "objective.png")
     rows = [["trial", metric, *space]]
-    rows += [[str(t.number), f"{t.value:.4f}", *(short(t.params.get(f, "")) for f in space)] for t in done[:5]]
+    rows += [
+        [str(t.number), f"{t.value:.4f}", *(short(t.params.get(f, "")) for f in space)] for t in done[:5]
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("top trials:")
     for r in rows:
         print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
     try:
-        imp = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+        )
         print("parameter importances (PED-ANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()))
     except (RuntimeError, ValueError) as e:
         print(f"parameter importances: not yet ({e})")
@@ -480,7 +516,11 @@ def report(study: optuna.Study, args: Args, space: dict, metric: str, out_dir: P
 def open_study(args: Args, space: dict, fields: dict, metric: str) -> optuna.Study:
     """Create the study or load it (with the settings it was made with); a new one starts with the script's
     defaults queued as its first trial."""
-    settings = {"script": Path(args.script).name, "metric": metric, "space": {f: repr(d) for f, d in space.items()}}
+    settings = {
+        "script": Path(args.script).name,
+        "metric": metric,
+        "space": {f: repr(d) for f, d in space.items()},
+    }
     settings.update({k: getattr(args, k) for k in ("total_timesteps", "nproc_per_node", "seed", "fixed")})
     try:
         storage = optuna.storages.RDBStorage(
@@ -506,17 +546,21 @@ def open_study(args: Args, space: dict, fields: dict, metric: str) -> optuna.Stu
         load_if_exists=True,
     )
     if study.direction.name.lower() != args.direction:
-        raise TunerError(f"--direction {args.direction}: study {args.study_name} is to {study.direction.name.lower()}")
+        raise TunerError(
+            f"--direction {args.direction}: study {args.study_name} is to {study.direction.name.lower()}"
+        )
     saved = study.user_attrs.get("settings", settings)
     for k in settings:  # every trial of a study is measured alike
         if saved.get(k) != settings[k]:
-            raise TunerError(f"study {args.study_name} was made with {k} {saved.get(k)}, not {settings[k]}: rerun it "
-                             "with the same flags, or choose another --study-name")  # fmt: skip
+            raise TunerError(f"study {args.study_name} was made with {k} {saved.get(k)}, not {settings[k]}: "
+                             "rerun it with the same flags, or choose another --study-name")  # fmt: skip
     study.set_user_attr("settings", settings)
     if not study.get_trials(deepcopy=False):
         taken = sorted(Path("runs").glob(f"tune-{args.study_name}-*"))
         if taken:
-            raise TunerError(f"{taken[0]} exists but study {args.study_name} is new: choose another --study-name")
+            raise TunerError(
+                f"{taken[0]} exists but study {args.study_name} is new: choose another --study-name"
+            )
         if args.enqueue_defaults:
             study.enqueue_trial(default_params(space, fields), user_attrs={"defaults": True})
     return study
@@ -535,7 +579,8 @@ def main() -> int:
         metric = args.metric or METRICS.get(Path(args.script).name, "")
         if metric not in info["metrics"]:
             raise TunerError(
-                f"--metric {metric!r}: not a column of {args.script}'s progress.csv ({', '.join(info['metrics'])})"
+                f"--metric {metric!r}: not a column of {args.script}'s progress.csv to optimize "
+                f"({', '.join(info['metrics'])})"
             )
         space = build_space(args, info["fields"])
         args.study_name = args.study_name or Path(args.script).stem
@@ -545,8 +590,14 @@ def main() -> int:
         return 2
     out_dir = Path("runs") / f"tune-{args.study_name}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    about = {**asdict(args), "report_only": False, "metric": metric, "space": {f: repr(d) for f, d in space.items()}}
-    command = shlex.join(["python", *(a for a in sys.argv if a != "--report-only")])  # the study's own command
+    about = {
+        **asdict(args),
+        "report_only": False,
+        "metric": metric,
+        "space": {f: repr(d) for f, d in space.items()},
+    }
+    # the study's own command
+    command = shlex.join(["python", *(a for a in sys.argv if a != "--report-only")])
     (out_dir / "study.json").write_text(json.dumps({**about, "command": command}, indent=1))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, request_stop)
@@ -559,14 +610,18 @@ def main() -> int:
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if finished >= args.trials:
             break
-        if finished + running >= args.trials:  # the last ones run elsewhere (or their tuner died: wait it out)
+        # the last ones run elsewhere (or their tuner died: wait it out)
+        if finished + running >= args.trials:
             print(f"waiting for {running} running trial(s): elsewhere, or stale after {2 * args.heartbeat} s")
             time.sleep(args.heartbeat / 2)
             continue
         state = run_trial(study, args, space, metric, out_dir)
         failures = failures + 1 if state == TrialState.FAIL and not STOP["signal"] else 0
         if failures >= args.max_failures:
-            print(f"error: {failures} trials failed in a row (see their logs in {out_dir}); stopping", file=sys.stderr)
+            print(
+                f"error: {failures} trials failed in a row (see their logs in {out_dir}); stopping",
+                file=sys.stderr,
+            )
             report(study, args, space, metric, out_dir)
             return 1
     report(study, args, space, metric, out_dir)

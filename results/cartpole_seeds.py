@@ -1,4 +1,5 @@
-"""CartPole-v1 at 500k steps, ppo_ddp_gym.py against CleanRL's own ppo.py run here, over every seed in results/."""
+"""CartPole-v1 at 500k steps, ppo_ddp_gym.py against CleanRL's own ppo.py run here,
+over every seed in results/."""
 
 import argparse
 import csv
@@ -44,11 +45,13 @@ def cleanrl(episodes: list[list[float]]) -> dict[str, float]:
 
 def parse_cleanrl_log(text: str) -> list[list[float]]:
     """ppo.py prints `global_step=52, episodic_return=[13.]` for each episode."""
-    return [[int(s), float(r)] for s, r in re.findall(r"global_step=(\d+), episodic_return=\[?([-\d.]+)", text)]
+    return [
+        [int(s), float(r)] for s, r in re.findall(r"global_step=(\d+), episodic_return=\[?([-\d.]+)", text)
+    ]
 
 
 def summary(values: dict[int, float]) -> dict:
-    """Mean over the issue's seeds and over all, a bootstrap 95% interval, and the share of 3-seed means >= BAR."""
+    """Mean over the issue's seeds and over all, bootstrap 95% interval, and share of 3-seed means >= BAR."""
     xs = list(values.values())
     rng = random.Random(0)
     boot = sorted(statistics.mean(rng.choices(xs, k=len(xs))) for _ in range(10_000))
@@ -89,8 +92,12 @@ def measure() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--cleanrl-log", nargs=2, action="append", default=[], metavar=("SEED", "LOG"), help="add a seed")
-    p.add_argument("--check", action="store_true", help="fail if cartpole_seeds.json is not what the files give")
+    p.add_argument(
+        "--cleanrl-log", nargs=2, action="append", default=[], metavar=("SEED", "LOG"), help="add a seed"
+    )
+    p.add_argument(
+        "--check", action="store_true", help="fail if cartpole_seeds.json is not what the files give"
+    )
     args = p.parse_args()
     path = HERE / "cleanrl_ppo_here.json"
     for seed, log in args.cleanrl_log:
@@ -100,13 +107,16 @@ def main() -> None:
         path.write_text(json.dumps(here) + "\n")
     result, out = measure(), HERE / "cartpole_seeds.json"
     if args.check:
-        raise SystemExit(0 if json.loads(out.read_text()) == json.loads(json.dumps(result)) else f"{out} is stale")
+        raise SystemExit(
+            0 if json.loads(out.read_text()) == json.loads(json.dumps(result)) else f"{out} is stale"
+        )
     out.write_text(json.dumps(result, indent=1) + "\n")
     for m, v in result["measures"].items():
         for who in ("ours", "cleanrl_here"):
             s = v[who]
             print(
-                f"{m:18} {who:13} seeds 1-3 {s['seeds_1_3']:6.1f}  {len(result['seeds'])} seeds {s['all_seeds']:6.1f}"
+                f"{m:18} {who:13} seeds 1-3 {s['seeds_1_3']:6.1f}  "
+                f"{len(result['seeds'])} seeds {s['all_seeds']:6.1f}"
                 f" [{s['ci95'][0]:.1f}, {s['ci95'][1]:.1f}]  3-seed means >= {BAR:g}: "
                 f"{s['share_of_3_seed_means_at_or_above_bar']:.0%}"
             )

@@ -1,5 +1,6 @@
-"""Updates lost to one SIGTERM at update 31 of the default 2-rank Snake run: commit 8bc519f's script (before the
-stop signal was served at an update boundary) against the working tree's. Prints what results/preemption.json holds."""
+"""Updates lost to one SIGTERM at update 31 of the default 2-rank Snake run: commit 8bc519f's script (before
+the stop signal was served at an update boundary) against the working tree's. Prints what
+results/preemption.json holds."""
 
 import os
 import re
@@ -16,8 +17,17 @@ for version in ("before", "after"):
     d = Path(tempfile.mkdtemp(prefix=f"preempt_{version}_"))
     show = ["git", "show", "8bc519f:ppo_ddp_snake.py"]
     src = subprocess.run(show, cwd=root, capture_output=True, text=True, check=True).stdout
-    (d / "ppo_ddp_snake.py").write_text(src if version == "before" else (root / "ppo_ddp_snake.py").read_text())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "ppo_ddp_snake.py"]
+    (d / "ppo_ddp_snake.py").write_text(
+        src if version == "before" else (root / "ppo_ddp_snake.py").read_text()
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "ppo_ddp_snake.py",
+    ]
     cmd += ["--run-name=r", "--print-interval=600"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,7 +1,8 @@
-"""The vectorized Arena environment: objects, cooldowns, caps, rewards, observation, seeding, resume, teacher."""
+"""The vectorized Arena env: objects, cooldowns, caps, rewards, observation, seeding, resume, teacher."""
 
 import pytest
 import torch
+from crafted import arena_room
 
 import ppo_ddp as arena
 
@@ -27,7 +28,7 @@ def one_thread():
 def crafted(agent, objects=(), inventory=(0, 0, 0), **kwargs) -> Env:
     """One room with the agent at `agent` and only `objects`: (kind, row, col, steps until ready)."""
     env = Env(1, **kwargs)
-    env._set_state(0, agent, objects, inventory)
+    arena_room(env, 0, agent, objects, inventory)
     return env
 
 
@@ -53,7 +54,9 @@ def grid(env: Env, obs: torch.Tensor, i: int = 0) -> torch.Tensor:
 def expected_obs(env: Env, i: int) -> torch.Tensor:
     """Room i's observation built cell by cell, the slow and obvious way."""
     r, (row, col) = env.window // 2, where(env, i)
-    ready = {int(p): int(t) <= int(env.steps[i]) for p, t in zip(env.obj_pos[i], env.obj_ready_at[i], strict=True)}
+    ready = {
+        int(p): int(t) <= int(env.steps[i]) for p, t in zip(env.obj_pos[i], env.obj_ready_at[i], strict=True)
+    }
     planes = torch.zeros(5, env.window, env.window, dtype=torch.uint8)
     for dr in range(-r, r + 1):
         for dc in range(-r, r + 1):
@@ -71,7 +74,9 @@ def check_rooms(env: Env, obs: torch.Tensor, rooms=range(4)) -> None:
     for kind in (MINE, GENERATOR, ALTAR):
         assert ((env.cell == kind).sum(1) == (env._kinds == kind).sum()).all()
     assert torch.equal(env.cell.gather(1, env.obj_pos), env._kinds.expand_as(env.obj_pos))
-    assert (env.cell.gather(1, env.pos[:, None]) == arena.ArenaEnv.EMPTY).all(), "the agent stands on an empty cell"
+    assert (env.cell.gather(1, env.pos[:, None]) == arena.ArenaEnv.EMPTY).all(), (
+        "the agent stands on an empty cell"
+    )
     assert (env.inv >= 0).all() and (env.inv <= env._inv_max).all()
     assert obs.shape == (env.num_envs, *env.obs_shape) and obs.dtype == torch.uint8
     for i in rooms:
@@ -123,7 +128,8 @@ def test_cooling_objects_refuse_and_waiting_works():
 def test_inventory_caps():
     objects = [(MINE, 1, 0, 0), (GENERATOR, 1, 2, 0), (ALTAR, 0, 1, 0)]
     env = crafted((1, 1), objects, inventory=(2, 0, 0), ore_max=2, mine_cooldown=0)
-    assert step(env, LEFT)[1].item() == 0 and env.inv[0, 0] == 2 and ready_at(env, 1, 0) == 0  # ore full, unused
+    # ore full, unused
+    assert step(env, LEFT)[1].item() == 0 and env.inv[0, 0] == 2 and ready_at(env, 1, 0) == 0
     env = crafted((1, 1), objects, inventory=(1, 3, 0), battery_max=3)
     assert step(env, RIGHT)[1].item() == 0 and env.inv[0].tolist() == [1, 3, 0]  # batteries full
     env = crafted((1, 1), objects, inventory=(0, 1, 1000))  # hearts uncapped by default
@@ -144,10 +150,12 @@ def test_rewards_and_per_episode_shaping_caps(shaping):
         _, reward, done, info = step(env, action)
         rewards.append(reward.item())
     ore, battery = (0.1, 0.8) if shaping else (0.0, 0.0)
-    expected = [ore, battery, 1.0, ore, battery, 1.0, ore, 0.0, 1.0, 0.0, 0.0, 1.0]  # 3 ores, 2 batteries paid
+    # 3 ores, 2 batteries paid
+    expected = [ore, battery, 1.0, ore, battery, 1.0, ore, 0.0, 1.0, 0.0, 0.0, 1.0]
     assert rewards == pytest.approx(expected)
     assert done.item() and info["episode_return"].item() == pytest.approx(sum(expected))
-    assert [info[k].item() for k in ("hearts", "ore_collected", "batteries_made", "episode_length")] == [4, 4, 4, 12]
+    counters = ("hearts", "ore_collected", "batteries_made", "episode_length")
+    assert [info[k].item() for k in counters] == [4, 4, 4, 12]
 
 
 def test_walls_block_and_empty_cells_move():
@@ -251,9 +259,16 @@ def test_rank_streams_are_disjoint_and_match_one_big_env():
 
 def test_fixed_shape_path_matches_the_cpu_path():
     """Off CPU every update runs over all rooms, blended by mask; it must give the same game."""
-    kw = {"seed": 9, "episode_length": 7, "room_size": 6, "num_mines": 3, "num_generators": 2, "num_altars": 1}
+    kw = {
+        "seed": 9,
+        "episode_length": 7,
+        "room_size": 6,
+        "num_mines": 3,
+        "num_generators": 2,
+        "num_altars": 1,
+    }
     subset, fixed = Env(24, **kw), Env(24, **kw)
-    fixed._fixed_shapes = True
+    fixed.fixed_shapes = True
     fixed.reset()
     gen = torch.Generator().manual_seed(3)
     for _ in range(30):
@@ -315,13 +330,16 @@ def test_teacher_far_ahead_of_random_play():
         _, _, _, random_info = env.step(torch.randint(0, 5, (n,), generator=gen))
         _, _, done, teacher_info = teacher.step(arena.teacher_actions(teacher))
     assert done.all()
-    random_hearts, teacher_hearts = random_info["hearts"].float().mean(), teacher_info["hearts"].float().mean()
+    random_hearts = random_info["hearts"].float().mean()
+    teacher_hearts = teacher_info["hearts"].float().mean()
     assert teacher_hearts > 5 and teacher_hearts > 10 * random_hearts
 
 
 def test_render_room():
     objects = [(MINE, 0, 1, 0), (GENERATOR, 2, 2, 3), (ALTAR, 1, 0, 0)]
-    env = crafted((0, 0), objects, inventory=(1, 0, 2), room_size=3, num_mines=1, num_generators=1, num_altars=1)
+    env = crafted(
+        (0, 0), objects, inventory=(1, 0, 2), room_size=3, num_mines=1, num_generators=1, num_altars=1
+    )
     lines = arena.render(env, 0).splitlines()
     assert lines[0] == lines[4] == "# # # # #"
     assert lines[1:4] == ["# @ M . #", "# A . . #", "# . . g #"]
@@ -331,5 +349,5 @@ def test_render_room():
 def test_bench_env_and_bad_arguments():
     assert arena.bench_env(Env(8), steps=5) > 0
     for bad in ({"room_size": 2}, {"ore_max": 0}, {"mine_cooldown": -1}, {"episode_length": 0}):
-        with pytest.raises(ValueError):
-            Env(1, **bad)
+        with pytest.raises(arena.ArgError):
+            arena.check_args(arena.Args(num_envs=8, **bad), 1)

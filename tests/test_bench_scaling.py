@@ -10,6 +10,7 @@ import plots
 TINY = "--num-steps 32 --hidden-size 32"
 
 
+@pytest.mark.slow
 def test_one_round_runs_every_arm_and_reports_consistent_ratios(tmp_path):
     out, result = tmp_path / "runs", tmp_path / "scaling.json"
     p = python(
@@ -37,7 +38,8 @@ def test_one_round_runs_every_arm_and_reports_consistent_ratios(tmp_path):
         ("2_ranks_DDP", 2, 1, 32768),  # the same steps per process in every arm
     ]:
         config = json.loads((out / "runs" / run / "config.json").read_text())
-        assert (config["world_size"], config["seed"], config["total_timesteps"]) == (world_size, seed, steps), run
+        launched = (config["world_size"], config["seed"], config["total_timesteps"])
+        assert launched == (world_size, seed, steps), run
         assert (config["num_envs"], config["num_steps"], config["hidden_size"]) == (64, 32, 32), run
         assert len(progress(out / "runs" / run)) == 8, run
     assert "DDP / 1 rank" in p.stdout and "2 independent" in p.stdout

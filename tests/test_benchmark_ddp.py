@@ -55,7 +55,9 @@ def test_none_is_reported_failing_and_not_timed(run):
     _, d = run
     none = d["approaches"]["none"]
     assert none["status"] == "failed" and "phases" not in none
-    assert none["error"].startswith("RuntimeError: Expected to have finished reduction in the prior iteration")
+    assert none["error"].startswith(
+        "RuntimeError: Expected to have finished reduction in the prior iteration"
+    )
     assert none["failed_at_iteration"] == 2
 
 
@@ -63,14 +65,20 @@ def test_grad_census_explains_the_optimizer_phase(run):
     _, d = run
     fu, hack, used = (d["approaches"][n]["grads"] for n in ("find_unused", "hack", "all_used"))
     unused = 4 + 2 * 2  # critic (2 Linear) and 2 aux heads: weight + bias each
-    assert (fu["grad_none"], fu["grad_zero"], fu["stepped_tensors"]) == (unused, 0, fu["param_tensors"] - unused)
-    assert (hack["grad_none"], hack["grad_zero"], hack["stepped_tensors"]) == (0, unused, hack["param_tensors"])
+    fu_counts = (fu["grad_none"], fu["grad_zero"], fu["stepped_tensors"])
+    assert fu_counts == (unused, 0, fu["param_tensors"] - unused)
+    hack_counts = (hack["grad_none"], hack["grad_zero"], hack["stepped_tensors"])
+    assert hack_counts == (0, unused, hack["param_tensors"])
     assert (used["grad_none"], used["grad_nonzero"]) == (0, used["param_tensors"])
 
 
 def test_tables_print_once(run):
     p, _ = run
-    for header in ("| Approach | Time (ms/iter) | 95% CI |", "| Phase (ms, mean) |", "| Approach | param tensors |"):
+    for header in (
+        "| Approach | Time (ms/iter) | 95% CI |",
+        "| Phase (ms, mean) |",
+        "| Approach | param tensors |",
+    ):
         assert p.stdout.count(header) == 1, explain(p)  # rank 0 only
     assert p.stdout.count("Machine: device cpu") == 1 and "world size 2" in p.stdout
     assert "| no fix | fails (iteration 2) |" in p.stdout

@@ -18,13 +18,20 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import explain, finish, python, start, torchrun_cmd
+
+if __name__ == "__main__":  # run as a script: the scripts and tests/support, as conftest.py puts them
+    sys.path[:0] = [
+        str(Path(__file__).resolve().parents[1]),
+        str(Path(__file__).resolve().parent / "support"),
+    ]
+from helpers import explain, finish, python, start, torchrun_cmd  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
 PPO = sorted(p.stem for p in Path(__file__).resolve().parents[1].glob("ppo_ddp*.py"))
 SCRIPTS = [*PPO, "benchmark_ddp", "test_unused_params", "tune"]
-# 409,600 steps: --num-envs 0 resolves to 16 per rank (the most leaving 100 updates of 2 x 16 x num_steps) where
-# the envs step on the device; where they step on the CPU, to its share of the cores (the run keeps to 2 of them)
+# 409,600 steps: --num-envs 0 resolves to 16 per rank (the most leaving 100 updates of 2 x 16 x num_steps)
+# where the envs step on the device; where they step on the CPU, to its share of the cores
+# (the run keeps to 2 of them)
 RESOLVE = ["--total-timesteps=409600", "--run-name=golden"]
 
 
@@ -81,11 +88,12 @@ def test_flags_match_golden(script):
 def test_resolved_config_matches_golden(script, tmp_path):
     golden = json.loads((GOLDEN / f"{script}.config.json").read_text())
     changed = differences(golden, resolved_config(script, tmp_path))
-    assert not changed, f"{script}.py resolves its defaults otherwise (golden, now): {changed}; see the docstring"
+    assert not changed, (
+        f"{script}.py resolves its defaults otherwise (golden, now): {changed}; see the docstring"
+    )
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     for script in SCRIPTS:
         (GOLDEN / f"{script}.json").write_text(json.dumps(defaults(script), indent=2, sort_keys=True) + "\n")
         print(f"wrote {GOLDEN / script}.json")

@@ -1,86 +1,106 @@
-"""ppo_ddp_gym.py: Gymnasium's autoreset at an episode's boundary, Atari's lives and games, evaluation within its
-time limit, --num-envs 0 by CPU cores, a resume of envs that cannot save their state, Atari on 2 ranks, bad ids.
-(DDP equals one process and the exact resume run for CartPole in test_equivalence.py and test_resume.py.)"""
+"""ppo_ddp_gym.py: Gymnasium's autoreset at an episode's boundary, Atari's lives and games, seeds by global
+env id, evaluation within its time limit, --num-envs 0 by CPU cores, a resume of envs that cannot save their
+state, Atari on 2 ranks, bad ids. (2 ranks equal one process and the exact resume are in
+test_invariants.py.)"""
 
 import shutil
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from helpers import ROOT, explain, gif_frames, progress, python, torchrun
 
 import ppo_ddp_gym as gp
 import ppo_ddp_snake as snake
 
-TESTS = str(ROOT / "tests")  # thirdparty_env.py, a user's own module
+SUPPORT = str(ROOT / "tests" / "support")  # thirdparty_env.py, a user's own module
 SMALL = ["--num-steps=32", "--num-minibatches=2", "--print-interval=0", "--dist-timeout=60"]
 
 
-def random_agent(env: gp.GymEnv, seed: int = 0) -> gp.Agent:
-    torch.manual_seed(seed)
-    return gp.Agent(env.obs_shape, env.n_actions, gp.Args())
+def random_steps(env: gp.GymEnv, steps: int, seed: int = 0) -> tuple[list, torch.Tensor, list]:
+    """(observations, actions, (obs, reward, done, info) per step) of `steps` random actions from a reset."""
+    actions = torch.randint(
+        0, env.n_actions, (steps, env.num_envs), generator=torch.Generator().manual_seed(seed)
+    )
+    observations = [env.reset()]
+    results = [env.step(a) for a in actions]
+    return observations + [r[0] for r in results], actions, results
 
 
 def test_autoreset_never_mixes_two_episodes():
-    """A rollout through the machinery, replayed on plain Gymnasium envs of the same seeds: every transition in
-    the batch is one of the replay's, across ~20 episode ends. The step that ends an episode keeps its own reward
-    and the next obs is the next episode's first (Gymnasium's default autoreset would instead insert a step whose
+    """Random steps of the vector env, replayed on plain Gymnasium envs of the same seeds: every transition is
+    one of the replay's, across ~20 episode ends. The step that ends an episode keeps its own reward and the
+    next obs is the next episode's first (Gymnasium's default autoreset would instead insert a step whose
     action is ignored and whose reward is 0, joining two episodes)."""
-    args = gp.Args(num_steps=200)
-    env = gp.GymEnv(2, "cpu", 5, 0, args)
-    carry = {"next_obs": env.reset(), "next_done": torch.zeros(2), "next_state": None}
-    b, _, _, carry = gp.rollout(random_agent(env), env, carry, args)
+    env = gp.GymEnv(2, "cpu", 5, 0, gp.Args())
+    observations, actions, results = random_steps(env, 200)
     refs = [gym.make("CartPole-v1") for _ in range(2)]
     obs = [r.reset(seed=s)[0] for r, s in zip(refs, env.seeds, strict=True)]
     ends = 0
-    for t in range(args.num_steps):
-        np.testing.assert_array_equal(b["obs"][t].numpy(), np.stack(obs), err_msg=f"step {t}")
+    for t, (_, rewards, dones, _) in enumerate(results):
+        np.testing.assert_array_equal(observations[t].numpy(), np.stack(obs), err_msg=f"step {t}")
         for i, ref in enumerate(refs):
-            obs[i], reward, terminated, truncated, _ = ref.step(int(b["actions"][t, i]))
-            assert b["rewards"][t, i] == reward, (t, i)
-            done = terminated or truncated
-            assert (b["dones"][t + 1, i] if t + 1 < args.num_steps else carry["next_done"][i]) == done, (t, i)
-            if done:
+            obs[i], reward, terminated, truncated, _ = ref.step(int(actions[t, i]))
+            assert rewards[i] == reward and dones[i] == (terminated or truncated), (t, i)
+            if terminated or truncated:
                 obs[i], _ = ref.reset()
                 ends += 1
     assert ends >= 15
 
 
 def test_a_lost_life_ends_the_value_target_but_only_a_game_counts():
-    """Breakout with a random policy through the machinery's rollout: every lost life is a done (the value target
-    ends there), a game ends after exactly 5 of them, and the episode statistics count games, with the game's
-    own score (at least its clipped rewards) and its length in frames."""
-    args = gp.Args(env_id="BreakoutNoFrameskip-v4", num_steps=600)
-    env = gp.GymEnv(2, "cpu", 3, 0, args)
-    seen, step = [], env.step
-    env.step = lambda a: seen.append(step(a)) or seen[-1]
-    carry = {"next_obs": env.reset(), "next_done": torch.zeros(2), "next_state": None}
-    b, _, ep, _ = gp.rollout(random_agent(env), env, carry, args)
-    done = torch.stack([s[2] for s in seen[: args.num_steps]])
-    over = torch.stack([s[3]["game_over"] for s in seen[: args.num_steps]])
-    assert torch.equal(b["dones"][1:].bool(), done[:-1])  # the value target ends at each lost life
+    """Breakout with random actions: every lost life is a done (the value target ends there), a game ends
+    after exactly 5 of them, and the episode statistics count games (Run.count_episodes), with the game's own
+    score (at least its clipped rewards) and its length in frames."""
+    env = gp.GymEnv(2, "cpu", 3, 0, gp.Args(env_id="BreakoutNoFrameskip-v4"))
+    _, _, results = random_steps(env, 600)
+    done = torch.stack([r[2] for r in results])
+    over = torch.stack([r[3]["game_over"] for r in results])
+    rewards = torch.stack([r[1] for r in results])
+    returns = torch.stack([r[3]["episode_return"] for r in results])
+    lengths = torch.stack([r[3]["episode_length"] for r in results])
+    counted = SimpleNamespace(episodes={k: torch.zeros(()) for k in ("episodes", *gp.EPISODE_METRICS)})
+    for _, _, d, info in results:
+        gp.Run.count_episodes(counted, d, info)
     games = int(over.sum())
-    assert games >= 2 and int(ep["episodes"]) == games < int(done.sum())
-    returns = torch.stack([s[3]["episode_return"] for s in seen[: args.num_steps]])
-    lengths = torch.stack([s[3]["episode_length"] for s in seen[: args.num_steps]])
-    assert float(ep["episode_return"]) == float(returns[over].sum())
-    assert float(ep["episode_length"]) == float(lengths[over].sum())
+    assert games >= 2 and int(counted.episodes["episodes"]) == games < int(done.sum())
+    assert float(counted.episodes["episode_return"]) == float(returns[over].sum())
+    assert float(counted.episodes["episode_length"]) == float(lengths[over].sum())
     for i in range(2):
         ends = over[:, i].nonzero().flatten().tolist()
         for start, end in zip([-1, *ends], ends, strict=False):
             assert int(done[start + 1 : end + 1, i].sum()) == 5, (i, start, end)  # Breakout's 5 lives
-            assert returns[end, i] >= b["rewards"][start + 1 : end + 1, i].sum()  # raw score >= clipped
+            assert returns[end, i] >= rewards[start + 1 : end + 1, i].sum()  # raw score >= clipped
             assert lengths[end, i] >= 4 * (end - start)  # frames: 4 per step, more at a reset
+
+
+def test_each_env_is_seeded_by_its_global_id():
+    """Env i of rank r (global id r * N + i) plays the episodes of env r * N + i of one process holding every
+    env: a rank's envs never repeat another's."""
+    one = gp.GymEnv(4, "cpu", 7, 0, gp.Args())
+    ranks = [gp.GymEnv(2, "cpu", 7, 2 * r, gp.Args()) for r in range(2)]
+    assert [e.env_ids for e in ranks] == [[0, 1], [2, 3]] and one.env_ids == [0, 1, 2, 3]
+    actions = torch.randint(0, 2, (50, 4), generator=torch.Generator().manual_seed(1))
+    first = [one.reset(), torch.cat([e.reset() for e in ranks])]
+    assert torch.equal(*first) and not torch.equal(first[1][:2], first[1][2:])
+    for a in actions:
+        together, apart = one.step(a), [e.step(a[2 * r : 2 * r + 2]) for r, e in enumerate(ranks)]
+        assert torch.equal(together[0], torch.cat([x[0] for x in apart]))
 
 
 def test_evaluation_stops_at_its_time_limit(capsys):
     """Long games (an Atari game can run 27,000 steps) end a local evaluation at its time limit, half of
-    --dist-timeout, so the ranks waiting for rank 0 never reach theirs: nothing is reported for games unfinished
-    (random Pong games take seconds), and a warning says why. Without a limit all the episodes are counted."""
+    --dist-timeout, so the ranks waiting for rank 0 never reach theirs: nothing is reported for games
+    unfinished (random Pong games take seconds), and a warning says why. Without a limit all the episodes are
+    counted."""
     policy = lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,))  # noqa: E731
     args = gp.Args(env_id="PongNoFrameskip-v4")
     assert gp.evaluate(policy, args, 2, limit=0.2) == {}
-    assert "the evaluation stopped at its time limit (0.2 s): 0 of 2 episodes ended" in capsys.readouterr().err
+    assert (
+        "the evaluation stopped at its time limit (0.2 s): 0 of 2 episodes ended" in capsys.readouterr().err
+    )
     stats = gp.evaluate(policy, gp.Args(), 3)
     assert set(stats) == {"eval/episode_return", "eval/episode_length"} and stats["eval/episode_return"] > 5
     assert "warning" not in capsys.readouterr().err
@@ -117,12 +137,19 @@ def test_async_vector_envs_step_and_save_like_sync_ones():
     envs[1].vec.close()
 
 
+@pytest.mark.slow
 def test_atari_trains_on_two_ranks(tmp_path):
     """Breakout on 2 ranks: the Nature CNN trains, rank 0 evaluates a whole game and writes a GIF from the
-    game's own frames, the checkpoints record that the envs' state is not in them, and the final model plays in
-    the terminal (--render) from the same frames."""
+    game's own frames, the checkpoints record that the envs' state is not in them, and the final model plays
+    in the terminal (--render) from the same frames."""
     args = [*SMALL, "--env-id=BreakoutNoFrameskip-v4", "--num-envs=2", "--total-timesteps=256"]
-    flags = ["--eval-interval=2", "--eval-episodes=1", "--checkpoint-interval=1", "--capture-video", "--run-name=a"]
+    flags = [
+        "--eval-interval=2",
+        "--eval-episodes=1",
+        "--checkpoint-interval=1",
+        "--capture-video",
+        "--run-name=a",
+    ]
     p = torchrun("ppo_ddp_gym.py", *args, *flags, cwd=tmp_path, timeout=240)
     assert p.returncode == 0 and "parameters identical on all 2 ranks after 2 updates" in p.stdout, explain(p)
     run_dir = tmp_path / "runs/a"
@@ -131,37 +158,43 @@ def test_atari_trains_on_two_ranks(tmp_path):
     assert float(rows[-1]["eval/episode_length"]) > 100 and rows[-1]["eval/episode_return"] != "", rows[-1]
     assert gif_frames(run_dir / "videos/update_00000002.gif") > 50
     ckpt = torch.load(run_dir / "checkpoints/update_00000002.pt", weights_only=False)
-    assert [r["env"] for r in ckpt["ranks"]] == [None, None] and ckpt["model"]["trunk.0.weight"].shape == (32, 4, 8, 8)
+    assert [r["env"] for r in ckpt["ranks"]] == [None, None]
+    assert ckpt["model"]["trunk.0.weight"].shape == (32, 4, 8, 8)
     final = str(run_dir / "final_model.pt")
     p = python("ppo_ddp_gym.py", "--eval-checkpoint", final, "--render", "--render-fps=100000", timeout=120)
     assert p.returncode == 0 and "1 greedy episodes: episode return per episode" in p.stdout, explain(p)
     assert p.stdout.count("\033[H\033[J") > 50 and "\033[38;2;" in p.stdout
 
 
+@pytest.mark.slow
 def test_a_resume_restarts_the_episodes_of_envs_that_cannot_save_them(tmp_path):
-    """A third-party env (not in RESTORABLE): its checkpoints hold no env state, and a run resumed from one says so
-    once and restarts its episodes, with everything else restored exactly: the resumed run's next checkpoint holds
-    the uninterrupted run's counters, optimizer step count, minibatch and sampling RNG (the weights differ: other
-    episodes)."""
+    """A third-party env (not in RESTORABLE): its checkpoints hold no env state, and a run resumed from one
+    says so once and restarts its episodes, with everything else restored exactly: the resumed run's next
+    checkpoint holds the uninterrupted run's counters, optimizer step count, minibatch and sampling RNG (the
+    weights differ: other episodes)."""
     args = [*SMALL, "--env-id=thirdparty_env:Balance-v0", "--num-envs=4", "--total-timesteps=768"]
     args += ["--checkpoint-interval=1", "--eval-interval=0"]
-    p = torchrun("ppo_ddp_gym.py", *args, "--run-name=full", cwd=tmp_path, timeout=180, PYTHONPATH=TESTS)
+    p = torchrun("ppo_ddp_gym.py", *args, "--run-name=full", cwd=tmp_path, timeout=180, PYTHONPATH=SUPPORT)
     assert p.returncode == 0, explain(p)
     full, cut = tmp_path / "runs/full", tmp_path / "runs/cut"
     shutil.copytree(full, cut)
     (cut / "checkpoints/update_00000003.pt").unlink()
     (cut / "final_model.pt").unlink()
-    p = torchrun("ppo_ddp_gym.py", *args, "--run-name=cut", "--resume", cwd=tmp_path, timeout=180, PYTHONPATH=TESTS)
+    p = torchrun(
+        "ppo_ddp_gym.py", *args, "--run-name=cut", "--resume", cwd=tmp_path, timeout=180, PYTHONPATH=SUPPORT
+    )
     assert p.returncode == 0, explain(p)
     assert "resumed from runs/cut/checkpoints/update_00000002.pt at update 2" in p.stdout
     assert p.stdout.count("the environments cannot save their state: their episodes restart") == 1, explain(p)
     assert [r["update"] for r in progress(cut)] == ["1", "2", "3"]
     a, b = (torch.load(d / "checkpoints/update_00000003.pt", weights_only=False) for d in (full, cut))
     assert [r["env"] for r in a["ranks"] + b["ranks"]] == [None] * 4
-    assert (a["update"], a["global_step"]) == (b["update"], b["global_step"]) == (3, 768)
-    assert torch.equal(a["minibatch_rng"], b["minibatch_rng"])
-    assert all(torch.equal(x["rng"]["torch"], y["rng"]["torch"]) for x, y in zip(a["ranks"], b["ranks"], strict=True))
-    steps = lambda c: [s["step"].item() for s in c["optimizers"][0]["state"].values()]  # noqa: E731
+    assert a["update"] == b["update"] == 3
+    assert torch.equal(a["shared"]["minibatch_rng"], b["shared"]["minibatch_rng"])
+    assert all(
+        torch.equal(x["rng"]["torch"], y["rng"]["torch"]) for x, y in zip(a["ranks"], b["ranks"], strict=True)
+    )
+    steps = lambda c: [s["step"].item() for s in c["shared"]["optimizer"]["state"].values()]  # noqa: E731
     assert steps(a) == steps(b) == [3 * 4 * 2] * len(steps(a))  # 3 updates x 4 epochs x 2 minibatches
     assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
@@ -178,7 +211,7 @@ def test_bad_environments_are_refused_on_every_rank_before_anything_is_written(t
         "thirdparty_env:Pixels-v0": "are neither a vector nor an Atari screen",
     }
     for env_id, says in cases.items():
-        p = python("ppo_ddp_gym.py", f"--env-id={env_id}", cwd=tmp_path, timeout=60, PYTHONPATH=TESTS)
+        p = python("ppo_ddp_gym.py", f"--env-id={env_id}", cwd=tmp_path, timeout=60, PYTHONPATH=SUPPORT)
         assert p.returncode == 2 and says in p.stderr and p.stderr.strip().count("\n") == 0, explain(p)
     assert not (tmp_path / "runs").exists()
 

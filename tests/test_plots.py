@@ -29,8 +29,8 @@ def is_png(path) -> bool:
 @pytest.fixture(scope="module")
 def small_results(tmp_path_factory):
     """A results directory as results/README.md describes it, from 4-update single-process runs of the scripts
-    (Arena episodes cut to 32 steps so that some end; CartPole standing in for every Gymnasium run) and 2-episode
-    baselines; the benchmark JSONs and CleanRL's published returns are results/'s."""
+    (Arena episodes cut to 32 steps so that some end; CartPole standing in for every Gymnasium run) and
+    2-episode baselines; the benchmark JSONs and CleanRL's published returns are results/'s."""
     tmp = tmp_path_factory.mktemp("plots")
     res = tmp / "results"
     (res / "baselines").mkdir(parents=True)
@@ -53,16 +53,27 @@ def small_results(tmp_path_factory):
         ("ppo_ddp", "teacher", ["--episode-length=32"]),
     ):
         out = res / "baselines" / f"{script}_{policy}.json"
-        p = python(f"{script}.py", f"--baseline={policy}", "--eval-episodes=2", *extra, f"--eval-json={out}", cwd=tmp)
+        p = python(
+            f"{script}.py", f"--baseline={policy}", "--eval-episodes=2", *extra, f"--eval-json={out}", cwd=tmp
+        )
         assert p.returncode == 0 and out.is_file(), p.stderr
-    for policy in ("teacher", "random"):  # the partially observed setting's levels: the default room's stand in
-        shutil.copy(res / "baselines" / f"ppo_ddp_{policy}.json", res / "baselines" / f"ppo_ddp_po_{policy}.json")
-    for f in ["bench_ddp.json", "cleanrl_published.json", *(f.name for f in (ROOT / "results").glob("scaling_*.json"))]:
+    # the partially observed setting's levels: the default room's stand in
+    for policy in ("teacher", "random"):
+        shutil.copy(
+            res / "baselines" / f"ppo_ddp_{policy}.json", res / "baselines" / f"ppo_ddp_po_{policy}.json"
+        )
+    for f in [
+        "bench_ddp.json",
+        "cleanrl_published.json",
+        *(f.name for f in (ROOT / "results").glob("scaling_*.json")),
+    ]:
         shutil.copy(ROOT / "results" / f, res / f)
-    shutil.copytree(ROOT / "results/tune_arena", res / "tune_arena")  # tune.py's study: trials.csv, study.json
+    # tune.py's study: trials.csv, study.json
+    shutil.copytree(ROOT / "results/tune_arena", res / "tune_arena")
     return res
 
 
+@pytest.mark.slow
 def test_plots_draws_every_chart_from_fresh_runs(small_results, tmp_path):
     p = python("plots.py", f"--results={small_results}", f"--out-dir={tmp_path}", "--window=2", timeout=120)
     assert p.returncode == 0, p.stderr
@@ -71,7 +82,7 @@ def test_plots_draws_every_chart_from_fresh_runs(small_results, tmp_path):
 
 
 def test_plots_names_what_is_missing_and_exits_2(small_results, tmp_path):
-    """A run without episode metrics, or a missing result: one error line naming it, exit 2, no chart written."""
+    """A run without episode metrics, or a missing result: one error line naming it, exit 2, no chart made."""
     broken = tmp_path / "results"
     shutil.copytree(small_results, broken)
     csv = broken / "arena_grpo/progress.csv"
@@ -87,23 +98,37 @@ def test_plots_names_what_is_missing_and_exits_2(small_results, tmp_path):
 
 
 def test_the_readme_charts_come_from_results(tmp_path):
-    """Every chart is drawn from the committed results/ and shown in the README or one of its pages (docs/, which
-    show the charts at the repository's root as `../name.png`), and every run a chart names is there."""
+    """Every chart is drawn from the committed results/ into docs/img/ and shown in the README or one of its
+    pages, and every run a chart names is there."""
     p = python("plots.py", f"--out-dir={tmp_path}", timeout=120)
     assert p.returncode == 0, p.stderr
     readme = (ROOT / "README.md").read_text()
     docs = "".join(f.read_text() for f in sorted((ROOT / "docs").glob("*.md")))
     for chart in CHARTS:
-        assert is_png(tmp_path / chart) and is_png(ROOT / chart)
-        assert f"({chart})" in readme or f"(../{chart})" in docs, f"{chart} is shown neither in README.md nor in docs/"
-    for name in [*SNAKE_RUNS, *ARENA_RUNS, *MEMORY_RUNS, *TUNED_RUNS, *(n for runs in GYM_RUNS.values() for n in runs)]:
+        assert is_png(tmp_path / chart) and is_png(ROOT / "docs/img" / chart)
+        shown = f"(docs/img/{chart})" in readme or f"(img/{chart})" in docs
+        assert shown, f"{chart} is shown neither in README.md nor in docs/"
+    for name in [
+        *SNAKE_RUNS,
+        *ARENA_RUNS,
+        *MEMORY_RUNS,
+        *TUNED_RUNS,
+        *(n for runs in GYM_RUNS.values() for n in runs),
+    ]:
         assert (ROOT / "results" / name / "progress.csv").is_file() and f"`{name}/`" in (
             ROOT / "results/README.md"
         ).read_text()
 
 
 def test_a_chart_names_each_run_by_the_flags_its_config_differs_in():
-    reference = {"run_name": "a", "loss": "ppo", "reward_shaping": True, "compile": False, "print_interval": 60.0}
+    reference = {
+        "run_name": "a",
+        "loss": "ppo",
+        "reward_shaping": True,
+        "compile": False,
+        "print_interval": 60.0,
+    }
     run = {"run_name": "b", "loss": "grpo", "reward_shaping": False, "compile": True, "print_interval": 10.0}
     assert flags(reference, reference) == ""
-    assert flags(run, reference) == "--loss grpo --no-reward-shaping --compile"  # print_interval: not training
+    # print_interval: not training
+    assert flags(run, reference) == "--loss grpo --no-reward-shaping --compile"

@@ -1,72 +1,45 @@
-"""A stopped run continues exactly: --resume and an elastic restart end bit-identical to an uninterrupted run, a
-SIGTERM during a checkpoint write loses nothing, bad checkpoints are named and skipped, a checkpoint that cannot
-be written stops every rank, and a resume with another schedule (or a run name reused without --resume) is
-refused."""
+"""A stopped run continues exactly: --resume of a run cut after a checkpoint and an elastic restart end
+bit-identical to an uninterrupted run, a SIGTERM during a checkpoint write loses nothing, bad checkpoints are
+named and skipped, a checkpoint that cannot be written stops every rank, and a resume with another schedule
+(or a run name reused without --resume) is refused."""
 
 import importlib
 import os
-import shutil
 import signal
 
 import pytest
 import torch
-from helpers import SMALL, explain, finish, progress, python, start, torchrun, torchrun_cmd, wait_for, weights, workers
+from helpers import (
+    SMALL,
+    explain,
+    finish,
+    progress,
+    python,
+    start,
+    torchrun,
+    torchrun_cmd,
+    wait_for,
+    weights,
+    workers,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
-@pytest.fixture(
-    params=[["ppo_ddp_snake.py"], ["ppo_ddp.py", "--agent=lstm"], ["ppo_ddp_gym.py"]],
-    ids=["ppo_ddp_snake", "ppo_ddp-lstm", "ppo_ddp_gym"],
-)
-def recurrent_too(request):
-    """Every script, the Arena's with the LSTM agent, for what must survive a stop (resume, elastic restart): the
-    agent's memory too (an MLP has none to lose; Snake's runs cover it), and CartPole's physics, RNG and time-limit
-    counters, saved through Gymnasium."""
-    return request.param
-
-
-def test_resume_continues_exactly(tmp_path, recurrent_too):
-    """A run stopped after update 2 (what came later dropped) and resumed with --resume ends with the same
-    weights and the same progress.csv as the uninterrupted run: model, optimizer, schedules, RNG, boards, and
-    the LSTM's memory of every room on every rank; TensorBoard hides what the first session logged after it."""
-    script, *agent = recurrent_too
-    # CartPole on 8 envs, not SMALL's 64: its episodes still end in every update, on both sides of the cut, and a
-    # state that was not restored would still change update 3; the 64 only cost time.
-    envs = 8 if script == "ppo_ddp_gym.py" else 64
-    step = envs * 32 * 2  # steps per update: envs x 32 steps x 2 ranks
-    args = [f"--num-envs={envs}", *SMALL[1:], *agent, f"--total-timesteps={3 * step}", "--checkpoint-interval=1"]
-    p = torchrun(script, *args, "--run-name=full", cwd=tmp_path, timeout=180)
-    assert p.returncode == 0, explain(p)
-    full, cut = tmp_path / "runs/full", tmp_path / "runs/cut"
-    shutil.copytree(full, cut)
-    (cut / "checkpoints/update_00000003.pt").unlink()
-    (cut / "final_model.pt").unlink()
-    p = torchrun(script, *args, "--run-name=cut", "--resume", cwd=tmp_path, timeout=180)
-    assert p.returncode == 0, explain(p)
-    assert f"resumed from runs/cut/checkpoints/update_00000002.pt at update 2, global_step {2 * step:,}" in p.stdout
-    a, b = progress(full), progress(cut)
-    assert [r["update"] for r in b] == ["1", "2", "3"]  # no gap, no duplicate
-    clock = {"charts/SPS", "time/rollout_s", "time/update_s"}  # wall-clock columns differ
-    for ra, rb in zip(a, b, strict=True):
-        assert {k: v for k, v in ra.items() if k not in clock} == {k: v for k, v in rb.items() if k not in clock}
-    wa, wb = weights(full / "final_model.pt"), weights(cut / "final_model.pt")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    boards = EventAccumulator(str(cut))  # update 3, logged by both sessions, is shown once in TensorBoard
-    boards.Reload()
-    assert [e.step for e in boards.Scalars("charts/SPS")] == [step, 2 * step, 3 * step]
-
-
+@pytest.mark.slow
 def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path):
-    """SIGKILL one worker mid-run: torchrun restarts the group, which resumes from its newest checkpoint (older
-    ones are there too) in the same run directory (the default run name is stable across restarts), completes
-    the run, and ends bit-identical to an uninterrupted run. The Arena with the LSTM: the restart is the
-    machinery's, and what a script's rooms and memory need is in its resume test (both scripts)."""
+    """SIGKILL one worker mid-run: torchrun restarts the group, which resumes from its newest checkpoint
+    (older ones are there too) in the same run directory (the default run name is stable across restarts),
+    completes the run, and ends bit-identical to an uninterrupted run. The Arena with the LSTM: the restart is
+    the operations', and what each script's envs and memory need is in its invariants' resume."""
     script, *agent = "ppo_ddp.py", "--agent=lstm"
     total_updates = 15
     args = [*SMALL, *agent, f"--total-timesteps={4096 * total_updates}", "--checkpoint-interval=3"]
-    proc = start(torchrun_cmd(script, *args, launcher_args=("--standalone", "--max-restarts=1")), cwd=tmp_path)
+    proc = start(
+        torchrun_cmd(script, *args, launcher_args=("--standalone", "--max-restarts=1")), cwd=tmp_path
+    )
     csv_files = lambda: list((tmp_path / "runs").glob("*/progress.csv"))  # noqa: E731
-    assert wait_for(lambda: csv_files() and len(progress(csv_files()[0].parent)) >= 7, 120, proc), finish(proc, 5)
+    seven_rows = lambda: csv_files() and len(progress(csv_files()[0].parent)) >= 7  # noqa: E731
+    assert wait_for(seven_rows, 120, proc), finish(proc, 5)
     victims = workers(proc.pid, script)
     logged = len(progress(csv_files()[0].parent))  # checkpoint k is complete before row k + 1 is written
     assert len(victims) == 2, victims
@@ -88,10 +61,11 @@ def test_elastic_restart_resumes_after_a_worker_is_killed(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_with_changed_schedule_is_refused(tmp_path, machinery):
-    """Also: a run name that holds a run is not reused without --resume (exit 2 on every rank, nothing touched)."""
+@pytest.mark.slow
+def test_resume_with_changed_schedule_is_refused(tmp_path, operations):
+    """Also: a run name in use is not reused without --resume (exit 2 on every rank, nothing touched)."""
     p = torchrun(
-        machinery,
+        operations,
         *SMALL,
         "--total-timesteps=8192",
         "--checkpoint-interval=1",
@@ -101,11 +75,13 @@ def test_resume_with_changed_schedule_is_refused(tmp_path, machinery):
     )
     assert p.returncode == 0, explain(p)
     files = {f: f.read_bytes() for f in (tmp_path / "runs/s").rglob("*") if f.is_file()}
-    p = torchrun(machinery, *SMALL, "--total-timesteps=8192", "--run-name=s", cwd=tmp_path, timeout=120)
+    p = torchrun(operations, *SMALL, "--total-timesteps=8192", "--run-name=s", cwd=tmp_path, timeout=120)
     assert p.returncode != 0 and "exitcode: 2" in p.stderr
     assert p.stderr.count("error: runs/s already holds a run: continue it with --resume") == 2, explain(p)
     assert files == {f: f.read_bytes() for f in (tmp_path / "runs/s").rglob("*") if f.is_file()}
-    p = torchrun(machinery, *SMALL, "--total-timesteps=16384", "--run-name=s", "--resume", cwd=tmp_path, timeout=120)
+    p = torchrun(
+        operations, *SMALL, "--total-timesteps=16384", "--run-name=s", "--resume", cwd=tmp_path, timeout=120
+    )
     assert p.returncode != 0 and "exitcode: 2" in p.stderr
     assert p.stderr.count("was written with total_timesteps=8192; resume with the same value") == 2
 
@@ -133,10 +109,12 @@ torch.save = half_then_wait
 """
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_checkpoint_write(tmp_path):
-    """A scheduler's SIGTERM reaches torchrun while rank 0 is half-way through writing checkpoint 2 (torch.save
-    stalled 4 s from outside, by a sitecustomize on PYTHONPATH): the write completes, the ranks stop after the
-    next update with its checkpoint, all three load, and --resume continues from the newest to the end."""
+    """A scheduler's SIGTERM reaches torchrun while rank 0 is half-way through writing checkpoint 2
+    (torch.save stalled 4 s from outside, by a sitecustomize on PYTHONPATH): the write completes, the ranks
+    stop after the next update with its checkpoint, all three load, and --resume continues from the newest to
+    the end."""
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SLOW_SAVE)
@@ -160,13 +138,14 @@ def test_sigterm_during_a_checkpoint_write(tmp_path):
     assert [int(r["update"]) for r in progress(tmp_path / "runs/p")] == [1, 2, 3, 4]
 
 
-def test_corrupt_checkpoint_and_failed_write(tmp_path, machinery):
-    """A truncated checkpoint and one that unpickles but lacks a key: --eval-checkpoint names each (exit 2), and
-    resume falls back past both to the last good one. A checkpoint that cannot be written (here its temporary
-    name is taken by a directory; a full disk fails the same way) stops every rank with one line, and leaves
-    the earlier checkpoints and progress.csv as they were."""
+@pytest.mark.slow
+def test_corrupt_checkpoint_and_failed_write(tmp_path, operations):
+    """A truncated checkpoint and one that unpickles but lacks a key: --eval-checkpoint names each (exit 2),
+    and resume falls back past both to the last good one. A checkpoint that cannot be written (here its
+    temporary name is taken by a directory; a full disk fails the same way) stops every rank with one line,
+    and leaves the earlier checkpoints and progress.csv as they were."""
     args = [*SMALL, "--total-timesteps=12288", "--checkpoint-interval=1", "--run-name=k"]
-    p = torchrun(machinery, *args, cwd=tmp_path, timeout=180)
+    p = torchrun(operations, *args, cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
     ckpts = tmp_path / "runs/k/checkpoints"
     truncated, lacking = ckpts / "update_00000003.pt", ckpts / "update_00000002.pt"
@@ -175,13 +154,16 @@ def test_corrupt_checkpoint_and_failed_write(tmp_path, machinery):
     del ckpt["n_actions"]
     torch.save(ckpt, lacking)
     for bad, why in ((truncated, ""), (lacking, ": it lacks n_actions")):
-        p = python(machinery, "--eval-checkpoint", str(bad), timeout=60)
-        assert p.returncode == 2 and p.stderr.startswith(f"error: cannot load checkpoint {bad}{why}"), explain(p)
+        p = python(operations, "--eval-checkpoint", str(bad), timeout=60)
+        assert p.returncode == 2 and p.stderr.startswith(f"error: cannot load checkpoint {bad}{why}"), (
+            explain(p)
+        )
     (ckpts / "update_00000002.pt.tmp").mkdir()  # the resumed run's next checkpoint cannot be written
     first_row = progress(tmp_path / "runs/k")[0]
-    p = torchrun(machinery, *args, "--resume", cwd=tmp_path, timeout=180)
+    p = torchrun(operations, *args, "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 1, explain(p)
-    assert p.stderr.count("falling back to the previous checkpoint") == 2  # rank 0 alone reads, once per bad file
+    # rank 0 alone reads, once per bad file
+    assert p.stderr.count("falling back to the previous checkpoint") == 2
     assert "resumed from runs/k/checkpoints/update_00000001.pt" in p.stdout
     failed = "error: cannot write checkpoint runs/k/checkpoints/update_00000002.pt: "
     assert p.stderr.count(failed) == 2 and p.stderr.count("training stopped on every rank") == 2, explain(p)
@@ -189,6 +171,9 @@ def test_corrupt_checkpoint_and_failed_write(tmp_path, machinery):
     rows = progress(tmp_path / "runs/k")  # update 2 was done again and logged before its checkpoint failed
     assert [r["update"] for r in rows] == ["1", "2"] and rows[0] == first_row
     (ckpts / "update_00000002.pt.tmp").rmdir()
-    p = torchrun(machinery, *args, "--resume", cwd=tmp_path, timeout=180)
+    p = torchrun(operations, *args, "--resume", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, explain(p)
     assert [int(r["update"]) for r in progress(tmp_path / "runs/k")] == [1, 2, 3]
+    boards = EventAccumulator(str(tmp_path / "runs/k"))  # updates 2 and 3 logged by 3 sessions: once each
+    boards.Reload()
+    assert [e.step for e in boards.Scalars("charts/SPS")] == [4096, 8192, 12288]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from crafted import snake_board
 
 import ppo_ddp_snake as snake
 
@@ -19,7 +20,7 @@ MOVE = {UP: (-1, 0), RIGHT: (0, 1), DOWN: (1, 0), LEFT: (0, -1)}
 def crafted(body, direction, apple, size=7, **kwargs) -> Env:
     """One board holding the given snake (cells from head to tail) and apple."""
     env = Env(1, size=size, **kwargs)
-    env._set_state(0, body, direction, apple)
+    snake_board(env, 0, body, direction, apple)
     return env
 
 
@@ -161,7 +162,7 @@ def test_every_episode_draws_a_new_start():
     env = Env(1, size=5, seed=2)
     starts = set()
     for _ in range(50):
-        env._set_state(0, [(0, 2), (1, 2), (2, 2)], UP, apple=(4, 4))
+        snake_board(env, 0, [(0, 2), (1, 2), (2, 2)], UP, apple=(4, 4))
         assert step(env, UP)[2].item()  # into the wall: a new episode
         starts.add((int(env.head), int(env.direction), int(env.apple)))
     assert len(starts) > 25
@@ -221,7 +222,7 @@ def test_rank_streams_are_disjoint_and_match_one_big_env():
 def test_fixed_shape_path_matches_the_cpu_path():
     """Off CPU every update runs over all boards, blended by mask; it must give the same game."""
     subset, fixed = Env(48, size=5, seed=9), Env(48, size=5, seed=9)
-    fixed._fixed_shapes = True
+    fixed.fixed_shapes = True
     fixed.reset()
     gen = torch.Generator().manual_seed(3)
     for _ in range(200):
@@ -276,5 +277,5 @@ def test_render_board():
 
 def test_bench_env_and_bad_size():
     assert snake.bench_env(Env(8), steps=5) > 0
-    with pytest.raises(ValueError):
-        Env(1, size=2)
+    with pytest.raises(snake.ArgError, match="--board-size must be in"):
+        snake.check_args(snake.Args(num_envs=8, board_size=2), 1)

@@ -35,7 +35,9 @@ def test_no_fix_fails_and_names_the_parameters(flags):
     p = torchrun("test_unused_params.py", *flags, timeout=120)
     assert p.returncode == 1, explain(p)
     line = verdict(p.stdout)
-    assert line.startswith("❌ RuntimeError: Expected to have finished reduction in the prior iteration"), line
+    assert line.startswith("❌ RuntimeError: Expected to have finished reduction in the prior iteration"), (
+        line
+    )
     assert f"parameters that received no gradient: {', '.join(UNUSED)}" in p.stdout
     assert "--find-unused" in p.stdout and "hack" in p.stdout
 
@@ -46,6 +48,7 @@ def test_world_size_one_fails_too():
     assert verdict(p.stdout).startswith("❌ RuntimeError: Expected to have finished reduction")
 
 
+@pytest.mark.slow
 def test_all_runs_each_scenario_and_compares_it_with_its_expected_verdict(monkeypatch, capsys):
     """--all's table, on two scenarios (each of the five runs alone in the tests above, which check more): a
     scenario that ends as expected matches, one expected to succeed that fails is a mismatch, exit code 1."""

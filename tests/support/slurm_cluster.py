@@ -1,6 +1,6 @@
 """A real SLURM cluster on localhost for the tests: Debian's munged, slurmctld and slurmd, one node of 2 CPUs,
-started without systemd in a directory of its own and stopped by their own process ids. If it cannot start, the
-tests that use it fail (they are never skipped): CI installs the packages (.ci/run)."""
+started without systemd in a directory of its own and stopped by their own process ids. If it cannot start,
+the tests that use it fail (they are never skipped): CI installs the packages (.ci/run)."""
 
 import os
 import shutil
@@ -69,9 +69,11 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 @contextmanager
 def cluster(d: Path):
-    """Start munged, slurmctld and slurmd in `d`; yield the environment a client needs (SLURM_CONF); stop them."""
+    """Start munged, slurmctld and slurmd in `d`; yield a client's environment (SLURM_CONF); stop them."""
     missing = [b for b in (*DAEMONS, *CLIENTS) if shutil.which(b) is None]
-    assert not missing, f"SLURM is not installed ({', '.join(missing)}): apt-get install {' '.join(DAEMONS[1:])} ..."
+    assert not missing, (
+        f"SLURM is not installed ({', '.join(missing)}): apt-get install {' '.join(DAEMONS[1:])} ..."
+    )
     for sub in ("state", "spool"):
         (d / sub).mkdir(parents=True)
     key = d / "munge.key"
@@ -96,7 +98,9 @@ def cluster(d: Path):
         while time.monotonic() < deadline:
             dead = [c[0] for c, p in zip(daemons, procs, strict=True) if p.poll() is not None]
             assert not dead, f"{', '.join(dead)} exited: see {d}/*.log\n" + logs(d)
-            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=10)
+            state = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=10
+            )
             if state.stdout.strip() == "idle":
                 break
             time.sleep(0.5)
@@ -114,7 +118,9 @@ def logs(d: Path) -> str:
 
 def job(env: dict, job_id: str) -> dict[str, str]:
     """The job's fields from `scontrol show job` (JobState, Restarts, ExitCode, ...)."""
-    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=10)
+    out = subprocess.run(
+        ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=10
+    )
     return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
 
 

@@ -1,5 +1,5 @@
-"""One place that starts subprocesses for every test: always with a timeout and one thread per rank; one place that
-builds a torchrun command line (torchrun_cmd); and the small things several test files share."""
+"""One place that starts subprocesses for every test: always with a timeout and one thread per rank; one place
+that builds a torchrun command line (torchrun_cmd); and the small things several test files share."""
 
 import csv
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The distributed tests' run: 64 boards x 32 steps x 2 ranks = 4096 steps per update.
 SMALL = [
@@ -41,11 +41,15 @@ _LAUNCHER_VARS = (
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS and not k.startswith("TORCHELASTIC")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS and not k.startswith("TORCHELASTIC")
+    }
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     env.update(extra)
     if "PPO_DDP_FAULT" in extra:  # injected from outside the scripts: tests/faults/sitecustomize.py
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "faults"), *filter(None, [extra.get("PYTHONPATH")])])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT / "tests" / "support" / "faults"), *filter(None, [extra.get("PYTHONPATH")])]
+        )
     return env
 
 
@@ -68,13 +72,15 @@ def torchrun(
     **env: str,
 ):
     """Run torchrun_cmd(script, *args, ...) to its end; see run()."""
-    return run(torchrun_cmd(script, *args, nproc=nproc, launcher_args=launcher_args), timeout=timeout, cwd=cwd, **env)
+    return run(
+        torchrun_cmd(script, *args, nproc=nproc, launcher_args=launcher_args), timeout=timeout, cwd=cwd, **env
+    )
 
 
 def torchrun_cmd(script: str, *args: str, nproc: int = 2, launcher_args: tuple[str, ...] = ("--standalone",)):
     """`torchrun --standalone --nproc-per-node=nproc script args` on CPU (gloo), as this Python's
-    torch.distributed.run; `launcher_args` replace --standalone (nodes, rendezvous, restarts). The only place a
-    test builds a torchrun command line."""
+    torch.distributed.run; `launcher_args` replace --standalone (nodes, rendezvous, restarts). The only place
+    a test builds a torchrun command line."""
     return [
         sys.executable,
         "-m",
@@ -120,7 +126,9 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         cmd = " ".join(proc.args)
-        raise AssertionError(f"timed out after {timeout}s: {cmd}\n--- stdout\n{out}\n--- stderr\n{err}") from None
+        raise AssertionError(
+            f"timed out after {timeout}s: {cmd}\n--- stdout\n{out}\n--- stderr\n{err}"
+        ) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -144,9 +152,9 @@ def workers(pid: int, script: str) -> list[int]:
 
 
 def wandb_records(path: Path) -> list:
-    """The records of an offline wandb run file (run-*.wandb): the header `:W&B` and its 3 bytes, then LevelDB's
-    log format (32 KiB blocks of chunks: crc32 u32, length u16, type u8; 1 = whole, 2/3/4 = first/middle/last),
-    each record a wandb_internal_pb2.Record."""
+    """The records of an offline wandb run file (run-*.wandb): the header `:W&B` and its 3 bytes, then
+    LevelDB's log format (32 KiB blocks of chunks: crc32 u32, length u16, type u8; 1 = whole, 2/3/4 =
+    first/middle/last), each record a wandb_internal_pb2.Record."""
     from wandb.proto import wandb_internal_pb2
 
     data, block, pos, chunk, records = path.read_bytes(), 32768, 7, b"", []

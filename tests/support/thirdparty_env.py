@@ -1,5 +1,5 @@
-"""Environments registered by a module of their own, as a user's would be: `--env-id thirdparty_env:Balance-v0`
-(tests/ on PYTHONPATH)."""
+"""Environments registered by a module of their own, as a user's would be:
+`--env-id thirdparty_env:Balance-v0` (tests/ on PYTHONPATH)."""
 
 import time
 
@@ -9,7 +9,7 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 
 class Balance(CartPoleEnv):
-    """CartPole from another module: not in ppo_ddp_gym.RESTORABLE, so a checkpoint does not hold its state."""
+    """CartPole from another module: not in ppo_ddp_gym.RESTORABLE, so checkpoints do not hold its state."""
 
 
 class Pixels(gym.Env):
