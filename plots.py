@@ -11,7 +11,8 @@ Reads, under --results (see results/README.md for the command that made each fil
   bench_ddp.json                          `torchrun ... benchmark_ddp.py --json-out ...`
   scaling_*.json                          `python bench_scaling.py [--script ppo_ddp.py] --json-out ...`
   cleanrl_published.json                  CleanRL's published returns (its docs), beside ours in
-                                          gym_returns.png
+                                          gym_returns.png and continuous_returns.png
+  cleanrl_<env>_s<seed>/episodes.csv      CleanRL's own script run here (its TensorBoard episodes)
 matplotlib is a development requirement (requirements-dev.txt); the training scripts never import it.
 """
 
@@ -102,6 +103,13 @@ GYM_RUNS = {  # ppo_ddp_gym.py, each env's seeds: results/gym_<env>_s<seed>
     "Acrobot-v1": ["gym_Acrobot_s1", "gym_Acrobot_s2", "gym_Acrobot_s3"],
     "BreakoutNoFrameskip-v4": ["gym_Breakout_s1"],
 }
+CONTINUOUS_RUNS = {  # ppo_ddp_continuous.py, each env's seeds: results/cont_<env>_s<seed>
+    "Hopper-v4": ["cont_Hopper_s1"],
+    "HalfCheetah-v4": ["cont_HalfCheetah_s1"],
+    "Walker2d-v4": ["cont_Walker2d_s1"],
+}
+CLEANRL_HERE = {"Hopper-v4": "cleanrl_Hopper_s1"}  # CleanRL's ppo_continuous_action.py run here: episodes.csv
+ABLATION_RUNS = {"cont_Hopper_s1": "merged over ranks", "cont_Hopper_nosync_s1": "per rank (--no-norm-sync)"}
 BENCH_LABELS = {
     "find_unused": "find_unused_parameters=True",
     "hack": "0.0 * out.sum() hack",
@@ -235,6 +243,76 @@ def gym_chart(results: Path, out: Path, args: Args) -> Path:
     axes[0][0].set_ylabel(f"episodic return ({args.window}-update moving average)")
     caption(fig, "\n".join(lines))
     fig.tight_layout(rect=(0, 0.04 + 0.03 * len(lines), 1, 1))
+    return save(fig, out)
+
+
+def cleanrl_curve(path: Path, update: int, window: int) -> tuple[list[float], list[float]]:
+    """episode_curve of CleanRL's episodes (global step, return per episode), grouped into its updates."""
+    rows = {}
+    with open(need(path), newline="") as f:
+        for r in csv.DictReader(f):
+            rows.setdefault(-(-int(r["global_step"]) // update), []).append(float(r["episodic_return"]))
+    updates = [
+        {"global_step": u * update, "charts/episodes": len(v), "r": statistics.mean(v)}
+        for u, v in sorted(rows.items())
+    ]
+    return episode_curve(updates, "r", window)
+
+
+def continuous_chart(results: Path, out: Path, args: Args) -> Path:
+    """ppo_ddp_continuous.py: each MuJoCo env's seeds, CleanRL's own script run here, CleanRL's published
+    return (mean +- std over its 3 seeds) at 1M; then the ablation: normalization merged over the ranks
+    against kept per rank, the returns and the largest gap between two ranks' reward scales."""
+    published = json.loads(need(results / "cleanrl_published.json").read_text())
+    panels = len(CONTINUOUS_RUNS) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.2), squeeze=False)
+    lines = []
+    for ax, (env_id, runs) in zip(axes[0], CONTINUOUS_RUNS.items(), strict=False):
+        for name in runs:
+            xs, ys = episode_curve(read_progress(results / name), "charts/episodic_return", args.window)
+            if not ys:
+                raise ResultError(f"{results / name}/progress.csv: no charts/episodic_return in any update")
+            config = json.loads(need(results / name / "config.json").read_text())
+            ax.plot([x / 1e6 for x in xs], ys, lw=1.3, label=f"ours, seed {config['seed']}")
+        ref = json.loads(need(results / runs[0] / "config.json").read_text())
+        seeds = f" --seed 1..{len(runs)}" if len(runs) > 1 else ""
+        launch = f"torchrun --standalone --nproc-per-node={ref['world_size']} ppo_ddp_continuous.py"
+        lines.append(f"{env_id}: {launch} --env-id {env_id}{seeds}")
+        if env_id in CLEANRL_HERE:
+            update = ref["global_batch_size"]
+            xs, ys = cleanrl_curve(results / CLEANRL_HERE[env_id] / "episodes.csv", update, args.window)
+            ax.plot(
+                [x / 1e6 for x in xs], ys, lw=1.3, color="0.4", ls="--", label="CleanRL's script here, seed 1"
+            )
+            lines.append(
+                f"CleanRL: python ppo_continuous_action.py --env-id {env_id} --seed 1 (commit fe8d8a0)"
+            )
+        mean, std = published[env_id]["ppo_continuous_action.py"]
+        steps = published[env_id]["steps"] / 1e6
+        label = f"CleanRL published: {mean:.0f} ± {std:.0f} at {steps:g}M"
+        ax.errorbar([steps], [mean], yerr=[std], fmt="o", color="k", capsize=4, label=label)
+        ax.set_title(env_id, fontsize=10)
+        ax.set_xlabel("environment steps (millions, all ranks)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel(f"episodic return ({args.window}-update moving average)")
+    ax = axes[0][-1]
+    gaps = ax.twinx()
+    for (name, label), color in zip(ABLATION_RUNS.items(), ("C0", "C3"), strict=True):
+        rows = read_progress(results / name)
+        xs, ys = episode_curve(rows, "charts/episodic_return", args.window)
+        ax.plot([x / 1e6 for x in xs], ys, lw=1.3, color=color, label=f"return, statistics {label}")
+        gap = [float(r["norm/return_std_spread"]) / float(r["norm/return_std"]) for r in rows]
+        gaps.plot([int(r["global_step"]) / 1e6 for r in rows], gap, lw=0.8, color=color, ls=":", alpha=0.8)
+    gaps.set_ylabel("dotted: largest gap between two ranks' reward scales / the scale (log)", fontsize=7)
+    gaps.set_yscale("symlog", linthresh=1e-4)  # merged statistics: exactly 0
+    ax.set_title("Hopper-v4, seed 1: the normalization statistics", fontsize=10)
+    ax.set_xlabel("environment steps (millions, all ranks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    lines.append("ablation: the Hopper command with --no-norm-sync")
+    caption(fig, "\n".join(lines))
+    fig.tight_layout(rect=(0, 0.03 + 0.025 * len(lines), 1, 1))
     return save(fig, out)
 
 
@@ -383,6 +461,7 @@ def main() -> int:
                 style=MEMORY_STYLE,
             ),
             gym_chart(results, out / "gym_returns.png", args),
+            continuous_chart(results, out / "continuous_returns.png", args),
             tune_chart(results, out / "tune_arena.png"),
             learning_curves(
                 results,

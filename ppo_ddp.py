@@ -841,7 +841,7 @@ def train(args: Args, run: "Run") -> None:
 
     for update in range(run.first_update, run.num_updates + 1):
         # Every scheduled hyperparameter at this update's progress (the share of total_timesteps done before)
-        scheduled = schedules_at(args, (update - 1) * run.global_batch_size / args.total_timesteps)
+        scheduled = schedules_at(args, run.global_step / args.total_timesteps)
         for group in (group for optimizer in optimizers for group in optimizer.param_groups):
             group["lr"] = scheduled["learning_rate"]
 
@@ -925,9 +925,7 @@ class StopEveryRank(RuntimeError):
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's or torchrun's SIGTERM, SLURM's USR1 warning
-PREEMPTED = (
-    75  # the exit code of a run stopped by a signal, its last update checkpointed: run it again to resume
-)
+PREEMPTED = 75  # the exit code of a run stopped by a signal, its last update checkpointed: run it again
 stop_request = {"signal": 0}  # set by a signal; the ranks read every request together at the end of an update
 
 
@@ -1041,9 +1039,10 @@ def agree_num_envs(args: Args, device: torch.device, local_world: int) -> int:
 
 
 # == One verdict for all: rank 0 acts or reads, every rank gets its result ==
-def on_rank0(fn, *args, doing: str = "act for every rank"):
-    """fn(*args) run by rank 0 alone; its result or failure (an OSError: exit 1), given to every rank."""
-    result, failure = None, None
+def on_rank0(fn, *args, doing: str = "act for every rank", keep: str = ""):
+    """fn(*args) run by rank 0 alone; its result or failure (an OSError: exit 1), given to every rank. With
+    `keep`, that key of the result (a dict) stays on rank 0: returns (the result, the kept value or None)."""
+    result, failure, kept = None, None, None
     if dist.get_rank() == 0:
         try:
             result = fn(*args)
@@ -1051,18 +1050,18 @@ def on_rank0(fn, *args, doing: str = "act for every rank"):
             failure = e
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
             failure = StopEveryRank(f"cannot {doing}: {type(e).__name__}: {str(e).splitlines()[0]}")
+        kept = result.pop(keep) if keep and result else None
     verdict = [result, failure]
     dist.broadcast_object_list(verdict, src=0)
     if verdict[1] is not None:
         raise verdict[1]
-    return verdict[0]
+    return (verdict[0], kept) if keep else verdict[0]
 
 
 def agree_run_name(args: Args) -> str:
     """--run-name, or <exp_name>__<seed>__<SLURM job id, else torchrun's run id, else the clock>: rank 0's."""
-    launch = (
-        os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "")[:8] or int(time.time())
-    )
+    launch = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "")[:8]
+    launch = launch or int(time.time())
     return on_rank0(lambda: args.run_name or f"{args.exp_name}__{args.seed}__{launch}")
 
 
@@ -1095,13 +1094,11 @@ def state_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every tensor in a nested state (dicts, lists, tuples), by its path: what check_identical compares."""
     if torch.is_tensor(state):
         return {prefix: state}
-    items = (
-        state.items()
-        if isinstance(state, dict)
-        else enumerate(state)
-        if isinstance(state, list | tuple)
-        else ()
-    )
+    items = ()
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
     return {
         path: t
         for key, value in items
@@ -1164,38 +1161,42 @@ class Run(contextlib.AbstractContextManager):
     """One rank's operations around the PPO loop: agreed sizes, the run directory, resume, episode statistics,
     timing, rank 0's log, evaluation, checkpoints, stop requests and the end of the run."""
 
-    def __init__(self, args: Args, device: torch.device, cpus: list[int]):
+    def __init__(self, args: Args, device: torch.device, cpus: list[int], local_world: int):
         self.args, self.device = args, device
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device_ids = [device.index] if device.type == "cuda" else None  # for DDP(device_ids=...)
-        self.batch_size = args.num_envs * args.num_steps  # per rank
-        self.global_batch_size = self.batch_size * self.world_size
-        self.num_updates = args.total_timesteps // self.global_batch_size
         args.run_name = agree_run_name(args)
         self.run_dir = Path("runs") / args.run_name
-        self.saved = read_checkpoint(
-            self.run_dir, args
-        )  # the checkpoint to continue from (None: a fresh run)
+        # the checkpoint to continue from (None: a fresh run), every rank's part of it on rank 0
+        self.saved, parts = on_rank0(
+            read_run_dir, self.run_dir, args, doing=f"read {self.run_dir}", keep="ranks"
+        )
+        args.num_envs = resolve_num_envs(args, self.saved, device, local_world)
+        validate(args, self.world_size)  # the same verdict on every rank: the sizes are agreed
+        self.batch_size = args.num_envs * args.num_steps  # per rank
+        self.global_batch_size = self.batch_size * self.world_size
         self.first_update = self.saved["update"] + 1 if self.saved else 1
+        self.global_step = self.saved["global_step"] if self.saved else 0  # all ranks', before this update
+        steps_left = args.total_timesteps - self.global_step
+        self.num_updates = self.first_update - 1 + steps_left // self.global_batch_size
+        if self.saved:  # each rank's own part: its envs (moved to the rank that now holds them), RNG, rollout
+            self.saved |= scatter_parts(parts, args, self.world_size)
         placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus}
         self.placement = gather_to_rank0({**placement, "threads": torch.get_num_threads()})
         self.episodes = {key: torch.zeros((), device=device) for key in ("episodes", *EPISODE_METRICS)}
         self.times, self.update_started, self.session_started = {}, None, time.perf_counter()
         self.shared, self.envs, self.meta = {}, None, {}
-        self.log, self.evals = (
-            None,
-            [],
-        )  # rank 0's files (opened at the first update's end); async evaluations
+        self.log, self.evals = None, []  # rank 0's files (opened at its first update's end), async runs
         self.last_update, self.stop_signals = self.first_update - 1, []
         if self.rank == 0:
-            size = (
-                f"{args.num_envs} envs per rank, batch {self.global_batch_size}, {self.num_updates} updates"
-            )
+            size = f"{args.num_envs} envs per rank, batch {self.global_batch_size}"
+            size += f", {self.num_updates} updates"
             print(f"run {args.run_name}: world size {self.world_size}, device {device}, {size}")
+            if self.saved and self.saved["layout"]:
+                print(self.saved["layout"])
             if self.num_updates < FEW_UPDATES:
-                print(
-                    f"warning: only {self.num_updates} updates: PPO learns little in so few", file=sys.stderr
-                )
+                warning = f"warning: only {self.num_updates} updates: PPO learns little in so few"
+                print(warning, file=sys.stderr)
 
     def resume(self, shared: dict, envs, *rollout_start):
         """Remember what checkpoints hold; for a continued run, restore it in place and return its rollout
@@ -1206,14 +1207,12 @@ class Run(contextlib.AbstractContextManager):
         check_disjoint_envs(envs)
         broadcast_modules(shared)  # rank 0's initial weights (their init can follow a rank's thread count)
         if self.saved:
-            rollout_start = restore(self.saved, shared, envs, rollout_start)
-            update, step = self.saved["update"], self.saved["update"] * self.global_batch_size
-            restart = (
-                "the environments cannot save their state: their episodes restart (all else is restored)"
-            )
+            rollout_start = restore(self.saved, shared, envs, rollout_start, self.args.seed)
+            update, path = self.saved["update"], self.saved["path"]
+            restart = "the environments cannot save their state: their episodes restart (all else restored)"
             if self.rank == 0:
-                print(f"resumed from {self.saved['path']} at update {update}, global_step {step:,}")
-                if self.saved["env"] is None:
+                print(f"resumed from {path} at update {update}, global_step {self.global_step:,}")
+                if self.saved["env_saved"] is False:
                     print(restart)
             self.saved = None
         check_identical(shared, "at the start")
@@ -1234,9 +1233,7 @@ class Run(contextlib.AbstractContextManager):
 
     def count_episodes(self, done: torch.Tensor, info: dict) -> None:
         """Add each ended game's metrics (EPISODE_METRICS) to this update's sums, on the device."""
-        game_over = info.get(
-            "game_over", done
-        )  # a lost life ends the value target (done), a game the metrics
+        game_over = info.get("game_over", done)  # a lost life ends the value target (done), a game these
         self.episodes["episodes"] += game_over.sum()
         for key in EPISODE_METRICS:
             self.episodes[key] += torch.where(game_over, info[key], 0).sum()
@@ -1257,8 +1254,8 @@ class Run(contextlib.AbstractContextManager):
         if self.rank == 0 and self.log is None:  # rank 0 writes the run directory from the first update's end
             config = {**asdict(args), **self.sizes(), "torch_version": torch.__version__}
             config |= {"device": str(self.device), "ranks": self.placement}
-            start_step = (update - 1) * self.global_batch_size
-            self.log = RunLog(self.run_dir, config, args, update - 1, start_step, self.session_started)
+            start = self.global_step  # the steps before this session's first update
+            self.log = RunLog(self.run_dir, config, args, update - 1, start, self.session_started)
         elapsed = clock(self.device) - self.update_started
         mine = {**self.episodes, **metrics, **{p: self.times.get(p, 0.0) for p in ("rollout_s", "update_s")}}
         stats = gather_stats(
@@ -1268,11 +1265,16 @@ class Run(contextlib.AbstractContextManager):
             total.zero_()
         stopping = any(stats["signal"]) and update < self.num_updates  # one rank's signal stops all here
         last = update == self.num_updates or stopping
-        global_step = update * self.global_batch_size
-        eval_stats = self.evaluate(update, global_step, stopping, last)
+        self.global_step += self.global_batch_size
+        eval_stats = self.evaluate(update, self.global_step, stopping, last)
         if self.rank == 0:
             sps = self.global_batch_size / (time.perf_counter() - self.update_started)
-            row = {"update": update, "global_step": global_step, "charts/SPS": sps, **reduce_stats(stats)}
+            row = {
+                "update": update,
+                "global_step": self.global_step,
+                "charts/SPS": sps,
+                **reduce_stats(stats),
+            }
             self.log.write(row | eval_stats, stats["sps"], last)
         if stopping or (args.checkpoint_interval and update % args.checkpoint_interval == 0):
             self.checkpoint(update, rollout_start)
@@ -1288,12 +1290,8 @@ class Run(contextlib.AbstractContextManager):
         """A greedy evaluation when due (never at a stop): local on rank 0 while the others wait at their next
         collective, or in a separate process; returns the newest results (rank 0; {} elsewhere)."""
         args, agent = self.args, self.shared["agent"]
-        due = (
-            args.eval_mode != "none"
-            and args.eval_interval
-            and update % args.eval_interval == 0
-            and not stopping
-        )
+        due = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
+        due = due and not stopping
         if self.rank != 0:
             return {}
         half, results = args.dist_timeout / 2, {}
@@ -1316,11 +1314,11 @@ class Run(contextlib.AbstractContextManager):
         check_identical(self.shared, f"at update {update}")
         path = self.run_dir / "checkpoints" / f"update_{update:08d}.pt"
         shared = {"model": self.shared["agent"].state_dict(), **self.meta, "update": update}
+        shared["global_step"] = self.global_step
         shared["shared"] = {name: state_of(obj) for name, obj in self.shared.items() if name != "agent"}
         rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        rng |= (
-            {"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}
-        )  # its own GPU's
+        if self.device.type == "cuda":  # its own GPU's
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         env_ids = torch.as_tensor(self.envs.env_ids).cpu()
         mine = {
             "env_ids": env_ids,
@@ -1352,7 +1350,7 @@ class Run(contextlib.AbstractContextManager):
         )
         if self.rank == 0:
             print(f"parameters identical on all {self.world_size} ranks after {self.last_update} updates")
-            print(f"done: {self.last_update * self.global_batch_size:,} steps; final model in {path}")
+            print(f"done: {self.global_step:,} steps; final model in {path}")
         return 0
 
     def __exit__(self, exc_type, *_):
@@ -1370,11 +1368,11 @@ def check_finite(agent: nn.Module, update: int) -> None:
 
 # == Checkpoints: one file by rank 0, the shared state and "ranks", each rank's own part ==
 MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
-CHECKPOINT_KEYS = (*MODEL_KEYS, "update", "shared", "ranks")
-RESUME_MAY_CHANGE = (  # Args that may differ on a resume; every other field must equal the checkpoint's
-    "exp_name run_name torch_deterministic cuda track wandb_project_name find_unused static_graph pin_cpus "
-    "dist_timeout checkpoint_interval eval_interval eval_episodes eval_mode resume precision compile "
-    "print_interval bench_env eval_checkpoint eval_json baseline render render_fps"
+CHECKPOINT_KEYS = (*MODEL_KEYS, "update", "global_step", "shared", "ranks")
+RESUME_MAY_CHANGE = (  # Args that may differ on a resume (and the world size); every other must be the same
+    "exp_name run_name num_envs torch_deterministic cuda track wandb_project_name find_unused static_graph "
+    "pin_cpus dist_timeout checkpoint_interval eval_interval eval_episodes eval_mode resume precision "
+    "compile print_interval bench_env eval_checkpoint eval_json baseline render render_fps"
 ).split()
 
 
@@ -1396,47 +1394,134 @@ def load_state(obj, state) -> None:
         obj.load_state_dict(state)
 
 
-def restore(saved: dict, shared: dict, envs, rollout_start: tuple) -> tuple:
+def restore(saved: dict, shared: dict, envs, rollout_start: tuple, seed: int) -> tuple:
     """A checkpoint back into the shared state, this rank's envs and random state; returns its rollout start
-    (envs that saved no state, None, keep their fresh episodes and the rollout start given)."""
+    (envs without a saved state keep their fresh episodes and the rollout start given)."""
     shared["agent"].load_state_dict(saved["model"])
     for name, obj in shared.items():
         if name != "agent":
             load_state(obj, saved["shared"][name])
-    torch.set_rng_state(saved["rng"]["torch"])
-    np.random.set_state(saved["rng"]["numpy"])
-    random.setstate(saved["rng"]["python"])
-    if "cuda" in saved["rng"]:
-        torch.cuda.set_rng_state(saved["rng"]["cuda"], envs.device)
+    if saved["rng"] is None:  # on another world size: streams of this rank's own, drawn anew for this update
+        stream = np.random.SeedSequence([seed, dist.get_rank(), saved["update"]]).generate_state(3)
+        torch.manual_seed(int(stream[0]))
+        np.random.seed(int(stream[1]))
+        random.seed(int(stream[2]))
+    else:
+        torch.set_rng_state(saved["rng"]["torch"])
+        np.random.set_state(saved["rng"]["numpy"])
+        random.setstate(saved["rng"]["python"])
+        if "cuda" in saved["rng"]:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"], envs.device)
+    if saved["env"] is None:
+        return rollout_start
     if len(saved["rollout_start"]) != len(rollout_start):
         counts = f"{len(saved['rollout_start'])} per-env tensors, the loop {len(rollout_start)}"
         what = "the same ones go to run.resume and run.end_update"
         raise StopEveryRank(f"the checkpoint's rollout start holds {counts}: {what}")
-    if saved["env"] is None:
-        return rollout_start
     envs.load_state_dict(saved["env"])
     return tuple(None if x is None else x.to(envs.device) for x in saved["rollout_start"])
 
 
-def read_checkpoint(run_dir: Path, args: Args) -> dict | None:
-    """This rank's view of the checkpoint to continue from (None: a fresh run): rank 0 reads the run
-    directory, every rank gets the shared state and, by a scatter, its own part."""
-    found = on_rank0(read_run_dir, run_dir, args, doing=f"read {run_dir}")
-    if found is None:
-        return None
-    shared, ranks = found
+def resolve_num_envs(args: Args, saved: dict | None, device: torch.device, local_world: int) -> int:
+    """--num-envs; for 0 (auto), a continued run keeps its global number of envs where it divides among the
+    ranks (every env goes on), else the auto choice for the smallest device of all ranks."""
+    if args.num_envs:
+        return args.num_envs
+    world = dist.get_world_size()
+    if saved and (saved["world_size"] * saved["args"]["num_envs"]) % world == 0:
+        return saved["world_size"] * saved["args"]["num_envs"] // world
+    return agree_num_envs(args, device, local_world)
+
+
+def scatter_parts(parts: list | None, args: Args, world: int) -> dict:
+    """This rank's part of the checkpoint, from rank 0. On the world size and envs it was written with, each
+    rank's part as it was; else every env's state and rollout start moved by global env id to the rank that
+    now holds it (the same global number of envs), or dropped (another number: the envs restart), and every
+    rank's random streams drawn anew; "layout" says which, in a line."""
+    layout = None
+    if parts is not None:
+        saved_envs = all(p["env"] is not None for p in parts)  # the envs could save their state
+        parts = [{**p, "env_saved": saved_envs} for p in parts]
+        old_world, old_envs = len(parts), len(parts[0]["env_ids"])
+        if (old_world, old_envs) != (world, args.num_envs):
+            before, now = old_world * old_envs, world * args.num_envs
+            kept = before == now and saved_envs
+            moved = "each env goes on with its episode on the rank that holds it now"
+            restarted = f"{before} envs before, {now} now: every env restarts its episode"
+            layout = f"written on {old_world} rank(s) x {old_envs} envs, on {world} x {args.num_envs} now"
+            layout += f": {moved if kept else restarted}"
+            layout += "; each rank's random streams are new"
+            parts = reshard(parts, world, args.num_envs, kept)
     mine = [None]
-    dist.scatter_object_list(mine, ranks, src=0)
-    return {**shared, **mine[0]}
+    dist.scatter_object_list(mine, parts, src=0)
+    return {**mine[0], "layout": layout}
 
 
-def read_run_dir(run_dir: Path, args: Args) -> tuple[dict, list] | None:
-    """Rank 0's verdict: the newest usable checkpoint (its shared part with "path", the ranks' parts), None
-    for a fresh run, or ArgError."""
-    restarts = (
-        "TORCHELASTIC_RESTART_COUNT",
-        "SLURM_RESTART_COUNT",
-    )  # torchrun restarted the group, SLURM the job
+def reshard(parts: list, world: int, num_envs: int, keep_envs: bool) -> list:
+    """The ranks' parts for `world` ranks of `num_envs` envs: each env's state and rollout start, joined in
+    global env id order and split again (keep_envs), or none; no random state (it is drawn anew)."""
+    order = torch.cat([torch.as_tensor(p["env_ids"]) for p in parts]).argsort()
+    joined = {
+        "env": per_env(join_envs([p["env"] for p in parts]) if keep_envs else None, order),
+        "rollout_start": per_env(
+            join_envs([p["rollout_start"] for p in parts]) if keep_envs else None, order
+        ),
+    }
+    new = []
+    for r in range(world):
+        envs = slice(r * num_envs, (r + 1) * num_envs)
+        part = {
+            "env_ids": torch.arange(world * num_envs)[envs],
+            "rng": None,
+            "env_saved": parts[0]["env_saved"],
+        }
+        new.append(part | {k: None if v is None else split_envs(v, envs) for k, v in joined.items()})
+    return new
+
+
+def join_envs(states: list):
+    """Per-env states of several ranks joined along the env dimension: tensors concatenated, lists summed,
+    dicts and lists of them joined item by item; None if any rank has none."""
+    if any(s is None for s in states):
+        return None
+    first = states[0]
+    if torch.is_tensor(first):
+        return torch.cat(states)
+    if isinstance(first, dict):
+        return {k: join_envs([s[k] for s in states]) for k in first}
+    if all(torch.is_tensor(x) or x is None for x in first):  # a rollout start: a list of per-env tensors
+        return [join_envs([s[i] for s in states]) for i in range(len(first))]
+    return [x for s in states for x in s]  # a list with an item per env
+
+
+def per_env(state, order: torch.Tensor):
+    """A joined per-env state taken in the order of the envs' global ids."""
+    if state is None:
+        return None
+    if torch.is_tensor(state):
+        return state[order]
+    if isinstance(state, dict):
+        return {k: per_env(v, order) for k, v in state.items()}
+    if state and all(torch.is_tensor(x) or x is None for x in state):
+        return [per_env(x, order) for x in state]
+    return [state[i] for i in order.tolist()]
+
+
+def split_envs(state, envs: slice):
+    """The envs `envs` of a per-env state."""
+    if state is None or torch.is_tensor(state):
+        return None if state is None else state[envs].clone()
+    if isinstance(state, dict):
+        return {k: split_envs(v, envs) for k, v in state.items()}
+    if state and all(torch.is_tensor(x) or x is None for x in state):
+        return [split_envs(x, envs) for x in state]
+    return state[envs]
+
+
+def read_run_dir(run_dir: Path, args: Args) -> dict | None:
+    """Rank 0's verdict: the newest usable checkpoint (with its "path" and every rank's part in "ranks"),
+    None for a fresh run, or ArgError."""
+    restarts = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")  # torchrun restarted, SLURM requeued
     if not (args.resume or any(int(os.environ.get(k) or 0) > 0 for k in restarts)):
         if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
             raise ArgError(
@@ -1449,12 +1534,12 @@ def read_run_dir(run_dir: Path, args: Args) -> tuple[dict, list] | None:
         except ArgError as e:  # truncated or corrupt: the one before it
             print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
             continue
-        saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
-        for k, v in {**asdict(args), "world_size": dist.get_world_size()}.items():
-            if k not in RESUME_MAY_CHANGE and saved.get(k) != v:
-                raise ArgError(f"{path} was written with {k}={saved.get(k)}; resume with the same value")
-        ranks = ckpt.pop("ranks")
-        return {**ckpt, "path": str(path)}, ranks
+        for k, v in asdict(args).items():
+            if k not in RESUME_MAY_CHANGE and ckpt["args"].get(k) != v:
+                raise ArgError(
+                    f"{path} was written with {k}={ckpt['args'].get(k)}; resume with the same value"
+                )
+        return {**ckpt, "path": str(path)}
     if args.resume:
         raise ArgError(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}")
     return None
@@ -1581,16 +1666,12 @@ def play(args: Args) -> int:
     show = lambda frame: print("\033[H\033[J" + frame, flush=True) or time.sleep(1.0 / args.render_fps)
     episodes, frames = 1 if args.render else args.eval_episodes, [] if args.capture_video else None
     stats = evaluate(policy, train_args, episodes, show=show if args.render else None, frames=frames)
-    if (
-        frames
-    ):  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
+    if frames:  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: here)
         video = Path(args.eval_json or args.eval_checkpoint or f"baseline_{name}").with_suffix(".gif")
         save_gif(frames, video)
         print(f"video: {video}")
     (first, *rest), words = EPISODE_METRICS, lambda k: f"{k.replace('_', ' ')}"
-    others = ", ".join(
-        f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest
-    )  # the first metric is the headline
+    others = ", ".join(f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest)  # the first: the headline
     print(f"{episodes} {name} episodes: {words(first)} per episode {stats['eval/' + first]:.2f} ({others})")
     if args.eval_json:  # an async evaluation: rank 0 reads this file once this process has ended
         atomic_save(json.dumps(stats), Path(args.eval_json))
@@ -1689,9 +1770,7 @@ class RunLog:
         for k, v in row.items():
             if "/" in k:
                 self.writer.add_scalar(k, v, row["global_step"])
-        if (
-            self.csv is None
-        ):  # the first row of this session: the columns, then the rows kept from the last one
+        if self.csv is None:  # the first row of this session: the columns, then the rows kept from the last
             games = [*EPISODE_METRICS.values(), "charts/episodes"]
             columns = [
                 "update",
@@ -1764,12 +1843,12 @@ def main() -> int:
     if "OMP_NUM_THREADS" not in os.environ:  # torch threads: one local rank's share of the CPUs
         torch.set_num_threads(len(cpus))
     one_process_modes = args.eval_checkpoint or args.baseline or args.bench_env
-    try:  # every check that needs no agreed size, before anything heavy (the sizes: once agreed, below)
+    try:  # every check that needs no agreed size, before anything heavy (the sizes: once agreed, in Run)
         validate(replace(args, num_envs=args.num_envs or 1) if one_process_modes else args, world_size)
-        if use_cuda and local_world > torch.cuda.device_count():
-            n = torch.cuda.device_count()
+        gpus = torch.cuda.device_count()
+        if use_cuda and local_world > gpus:
             raise ArgError(
-                f"{local_world} processes on this node but {n} GPU(s): --nproc-per-node={n}, or --no-cuda"
+                f"{local_world} processes on this node, {gpus} GPU(s): --nproc-per-node={gpus}, or --no-cuda"
             )
         if args.eval_checkpoint or args.baseline:
             return play(args)
@@ -1782,41 +1861,28 @@ def main() -> int:
         print(f"{num_envs} envs on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
 
-    if use_cuda:  # DDP set-up: every rank reaches every collective below in the same order
+    # DDP set-up: every rank reaches every collective below in the same order
+    if use_cuda:
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=args.dist_timeout)
-    for (
-        sig
-    ) in STOP_SIGNALS:  # from here a stop signal is a request, served at the end of the update in flight
+    for sig in STOP_SIGNALS:  # from here a stop signal is a request, served at the end of an update
         signal.signal(sig, lambda signum, _frame: stop_request.update(signal=signum))
     store, backend = rendezvous_store(rank, world_size, timeout), "nccl" if use_cuda else "gloo"
-    kwargs = {
-        "rank": rank,
-        "world_size": world_size,
-        "timeout": timeout,
-        "device_id": device if use_cuda else None,
-    }
-    dist.init_process_group(backend, store=store, **kwargs)
+    device_id = device if use_cuda else None
+    dist.init_process_group(
+        backend, store=store, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id
+    )
     try:  # every exit path below leaves through `finally`, which shuts the process group down
         if args.pin_cpus and not use_cuda and hasattr(os, "sched_setaffinity") and cpus != allowed_cpus():
-            os.sched_setaffinity(
-                0, cpus
-            )  # after init_process_group: this thread alone, not gloo's (docs/scaling.md)
+            os.sched_setaffinity(0, cpus)  # after init_process_group: this thread, not gloo's (scaling.md)
         else:
             cpus = allowed_cpus()
-        if not args.num_envs:
-            args.num_envs = agree_num_envs(args, device, local_world)
-            validate(args, world_size)  # the same verdict on every rank: the sizes are agreed
-        with Run(args, device, cpus) as run:
+        with Run(args, device, cpus, local_world) as run:
             train(args, run)
             code = run.finish()
         dist.barrier()  # a successful run ends together
         return code
-    except (
-        ArgError,
-        FloatingPointError,
-        StopEveryRank,
-    ) as e:  # each raised on every rank alike (one verdict)
+    except (ArgError, FloatingPointError, StopEveryRank) as e:  # raised on every rank alike: one verdict
         failure = not isinstance(e, ArgError)  # bad input (exit 2) or a failure at run time (exit 1)
         print(f"error: {e}{': training stopped on every rank' if failure else ''}", file=sys.stderr)
         return 1 if failure else 2
@@ -1832,9 +1898,7 @@ def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Sto
     """torchrun's store (MASTER_ADDR:MASTER_PORT), a prefix per restart; or an in-process one for `python`."""
     if "MASTER_ADDR" not in os.environ:
         return dist.HashStore()
-    agent_store = (
-        os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    )  # torchrun hosts it: all are clients
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it: all clients
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     store = dist.TCPStore(addr, port, world_size, is_master=rank == 0 and not agent_store, timeout=timeout)
     return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)

@@ -7,7 +7,8 @@
 
 The template (ppo_ddp_snake.py) with its environment part rewritten: each rank steps its own Gymnasium vector
 env on the CPU (seeded by global env id), collects a rollout with the plain module, and trains through the DDP
-wrapper. Vector observations get CleanRL ppo.py's MLP, Atari CleanRL's preprocessing and Nature CNN.
+wrapper. Vector observations get CleanRL ppo.py's MLP, Atari CleanRL's preprocessing and Nature CNN; any
+other observation space is flattened into a vector, images read by a CNN (docs/gym.md).
 """
 
 import contextlib
@@ -61,9 +62,9 @@ class Args:
 
     # The environment
     env_id: str = "CartPole-v1"
-    """any registered Gymnasium id with a Discrete action space: vector observations (an MLP), Atari
-    (ALE/...-v5, ...NoFrameskip-v4: CleanRL's preprocessing and the Nature CNN), or module:Id to import your
-    own module first"""
+    """any registered Gymnasium id with a Discrete or MultiDiscrete action space: Atari (ALE/...-v5,
+    ...NoFrameskip-v4: CleanRL's preprocessing and the Nature CNN), any other observations flattened (images
+    to a CNN; docs/gym.md), or module:Id to import your own module first"""
     vector_mode: Literal["sync", "async"] = "sync"
     """sync: a rank steps its envs in its own process; async: one subprocess per env (for many cores per rank)
     """
@@ -192,44 +193,191 @@ def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     try:
         if module:
             importlib.import_module(module)
+        if name not in gym.registry:
+            with contextlib.suppress(ImportError):  # the Atari ids; ROMs ship in ale-py's wheel
+                gym.register_envs(importlib.import_module("ale_py"))
+        if (
+            name not in gym.registry
+            and "ale_py" not in sys.modules
+            and ("ALE/" in name or "NoFrameskip" in name)
+        ):
+            raise ArgError(f"--env-id {env_id}: Atari needs ale-py (pip install ale-py)")
         return gym.spec(name)
-    except gym.error.Error:
-        import ale_py  # the Atari ids; its ROMs ship in the wheel
-
-        gym.register_envs(ale_py)
     except ImportError as e:
-        raise ArgError(f"--env-id {env_id}: {e}") from None
-    try:
-        return gym.spec(name)
+        raise ArgError(f"--env-id {env_id}: {pip_hint(e)}") from None
     except gym.error.Error as e:
         raise ArgError(f"--env-id {env_id}: {str(e).splitlines()[0]}") from None
 
 
+def env_spaces(env_id: str) -> tuple[gym.envs.registration.EnvSpec, gym.Space, gym.Space, list]:
+    """(spec, observation space, action space, render modes) of env_id, or ArgError; a missing package says
+    which pip install brings it. Probed once per process (the agent asks again for the observation parts)."""
+    if env_id not in PROBED:
+        spec = env_spec(env_id)
+        atari = spec.entry_point == ATARI_ENTRY_POINT
+        try:
+            probe = gym.make(env_id, **({"frameskip": 1} if atari else {}))
+        except gym.error.DependencyNotInstalled as e:  # Gymnasium's own message names the pip install
+            raise ArgError(
+                f"--env-id {env_id} needs a package that is missing: {str(e).splitlines()[0]}"
+            ) from None
+        except ImportError as e:
+            raise ArgError(f"--env-id {env_id} needs a package that is missing: {pip_hint(e)}") from None
+        PROBED[env_id] = (spec, probe.observation_space, probe.action_space, probe.metadata["render_modes"])
+        probe.close()
+    return PROBED[env_id]
+
+
+PROBED = {}  # env id: env_spaces(env id)
+PIP_NAMES = {
+    "ale_py": "ale-py",
+    "Box2D": '"gymnasium[box2d]"',
+    "mujoco": '"gymnasium[mujoco]"',
+    "cv2": "opencv-python",
+}
+
+
+def pip_hint(e: ImportError) -> str:
+    """What an ImportError lacks and the pip install that usually brings it."""
+    name = (e.name or "").split(".")[0]
+    return f"{e} (pip install {PIP_NAMES.get(name, name.replace('_', '-'))})" if name else str(e)
+
+
 def env_kind(args: Args) -> tuple[gym.envs.registration.EnvSpec, bool, bool]:
     """(spec, Atari?, renders rgb_array frames?) of --env-id, or ArgError where this file cannot train."""
-    spec = env_spec(args.env_id)
+    spec, obs_space, action_space, modes = env_spaces(args.env_id)
     atari = spec.entry_point == ATARI_ENTRY_POINT
     if atari and spec.kwargs.get("obs_type", "rgb") != "rgb":
         raise ArgError(
             f"--env-id {args.env_id}: Atari RAM or grayscale observations are not supported (use rgb)"
         )
-    probe = gym.make(args.env_id, **({"frameskip": 1} if atari else {}))
-    obs_space, action_space, modes = (
-        probe.observation_space,
-        probe.action_space,
-        probe.metadata["render_modes"],
-    )
-    probe.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise ArgError(f"--env-id {args.env_id}: the action space is {action_space}; PPO here needs Discrete")
-    if not (isinstance(obs_space, gym.spaces.Box) and (atari or len(obs_space.shape) == 1)):
+    if isinstance(action_space, gym.spaces.Box):
         raise ArgError(
-            f"--env-id {args.env_id}: observations {obs_space} are neither a vector nor an Atari screen"
+            f"--env-id {args.env_id}: the action space is {action_space}; ppo_ddp_continuous.py trains those"
         )
+    if not isinstance(action_space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
+        raise ArgError(
+            f"--env-id {args.env_id}: the action space is {action_space}; this file trains Discrete and "
+            "MultiDiscrete"
+        )
+    if not atari:
+        try:
+            observation_parts(obs_space)
+        except ArgError as e:
+            raise ArgError(f"--env-id {args.env_id}: {e}") from None
     frames_too = "rgb_array" in modes
     if (args.capture_video or args.render) and not frames_too:
         raise ArgError(f"--capture-video and --render need rgb_array frames; {args.env_id} renders {modes}")
     return spec, atari, frames_too
+
+
+# == Observations: any space as one float vector, its parts in order; images go to a CNN in the agent ==
+@dataclass(frozen=True)
+class ObsPart:
+    """One part of an observation: its keys into Dict and Tuple spaces, its space, its encoded shape ((C, H,
+    W) for an image, (n,) for the rest), and whether the image comes as H x W x C."""
+
+    keys: tuple
+    space: gym.Space
+    shape: tuple[int, ...]
+    channels_last: bool = False
+
+
+def is_image(space: gym.Space) -> bool:
+    """A uint8 Box of H x W, H x W x C or C x H x W with C of at most 4 channels."""
+    if not (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8):
+        return False
+    return len(space.shape) == 2 or (len(space.shape) == 3 and min(space.shape[0], space.shape[-1]) <= 4)
+
+
+def observation_parts(space: gym.Space, keys: tuple = ()) -> list[ObsPart]:
+    """The parts of an observation space in order, or ArgError naming the first that cannot be encoded. Text
+    is dropped (the env's own step() still sees it): there is no one clean way to encode it."""
+    where = f"observation part {'.'.join(map(str, keys))}" if keys else "observations"
+    if isinstance(space, gym.spaces.Dict):
+        return [p for key, sub in space.spaces.items() for p in observation_parts(sub, (*keys, key))]
+    if isinstance(space, gym.spaces.Tuple):
+        return [p for i, sub in enumerate(space.spaces) for p in observation_parts(sub, (*keys, i))]
+    if is_image(space):
+        shape = space.shape if len(space.shape) == 3 else (*space.shape, 1)
+        if shape[0] <= 4 < shape[-1]:  # C x H x W; H x W x C otherwise (Gymnasium's own images)
+            return [ObsPart(keys, space, shape)]
+        return [ObsPart(keys, space, (shape[2], shape[0], shape[1]), channels_last=True)]
+    if isinstance(space, gym.spaces.Box | gym.spaces.MultiBinary):
+        return [ObsPart(keys, space, (math.prod(space.shape),))]
+    if isinstance(space, gym.spaces.Discrete):
+        return [ObsPart(keys, space, (int(space.n),))]
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return [ObsPart(keys, space, (int(space.nvec.sum()),))]
+    if keys and is_text(space):
+        return []
+    raise ArgError(
+        f"{where} are {space}; this file encodes Box (images too), Discrete, MultiDiscrete, MultiBinary, and "
+        "Dict or Tuple of them"
+    )
+
+
+def is_text(space: gym.Space) -> bool:
+    """Text, or a space of strings of its own (MiniGrid's mission)."""
+    if isinstance(space, gym.spaces.Text):
+        return True
+    with contextlib.suppress(Exception):
+        return isinstance(space.sample(), str)
+    return False
+
+
+def dropped_parts(space: gym.Space, keys: tuple = ()) -> list[str]:
+    """The names of the text parts observation_parts leaves out."""
+    if isinstance(space, gym.spaces.Dict | gym.spaces.Tuple):
+        items = space.spaces.items() if isinstance(space, gym.spaces.Dict) else enumerate(space.spaces)
+        return [name for key, sub in items for name in dropped_parts(sub, (*keys, key))]
+    return [".".join(map(str, keys))] if keys and is_text(space) else []
+
+
+def encode(part: ObsPart, value) -> np.ndarray:
+    """One part of one observation as float32 numbers: an image in C x H x W scaled to [0, 1], Discrete and
+    MultiDiscrete one-hot, the rest as it is, flattened."""
+    space = part.space
+    if isinstance(space, gym.spaces.Discrete):
+        return np.eye(space.n, dtype=np.float32)[int(value) - int(space.start)]
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        values = (np.asarray(value) - space.start).ravel()
+        offsets = np.concatenate([[0], np.cumsum(space.nvec.ravel())[:-1]])
+        hot = np.zeros(part.shape, np.float32)
+        hot[offsets + values] = 1.0
+        return hot
+    x = np.asarray(value, dtype=np.float32)
+    if len(part.shape) == 3:
+        if part.channels_last:
+            x = x.reshape(part.shape[1], part.shape[2], part.shape[0]).transpose(2, 0, 1)
+        return x.ravel() / 255.0
+    return x.ravel()
+
+
+class FlatObservation(gym.ObservationWrapper):
+    """Any observation this file encodes as one float32 vector (observation_parts, encode)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.parts = observation_parts(env.observation_space)
+        size = sum(math.prod(part.shape) for part in self.parts)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
+
+    def observation(self, observation) -> np.ndarray:
+        values = []
+        for part in self.parts:
+            value = observation
+            for key in part.keys:
+                value = value[key]
+            values.append(encode(part, value))
+        return np.concatenate(values)
+
+
+def needs_flattening(obs_space: gym.Space) -> bool:
+    """Every observation space but a plain 1-D Box of numbers (which the MLP takes as it is)."""
+    return not (
+        isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1 and not is_image(obs_space)
+    )
 
 
 class GameStats(gym.Wrapper):
@@ -311,11 +459,13 @@ class ClipReward(gym.RewardWrapper):
 
 
 def make_env(env_id: str, atari: bool, render: bool, index: int) -> gym.Env:
-    """One env: GameStats innermost; for Atari CleanRL's preprocessing (no-op reset, max-and-skip 4, episodic
-    life, fire reset, reward clipping, 84x84 grayscale, 4 stacked frames)."""
+    """One env: GameStats innermost; any observation but a vector flattened into one (FlatObservation); for
+    Atari CleanRL's preprocessing (no-op reset, max-and-skip 4, episodic life, fire reset, reward clipping,
+    84x84 grayscale, 4 stacked frames)."""
     kwargs = {"render_mode": "rgb_array"} if render else {}
     if not atari:
-        return GameStats(gym.make(env_id, **kwargs), index)
+        env = GameStats(gym.make(env_id, **kwargs), index)
+        return FlatObservation(env) if needs_flattening(env.observation_space) else env
     env = GameStats(gym.make(env_id, frameskip=1, **kwargs), index)  # the preprocessing skips the frames
     env = EpisodicLife(gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84))
     if "FIRE" in env.unwrapped.get_action_meanings():
@@ -326,7 +476,8 @@ def make_env(env_id: str, atari: bool, render: bool, index: int) -> gym.Env:
 class GymEnv:
     """`num_envs` Gymnasium envs of --env-id in a vector env that autoresets in the same step (the step that
     ends an episode returns the next one's first observation, so no transition mixes two episodes). Env i of
-    rank r has global id r * num_envs + i and seed hash(seed, id)."""
+    rank r has global id r * num_envs + i and seed hash(seed, id). Actions: Discrete(n) as one integer per env
+    (n_actions = n), MultiDiscrete as a row of integers per env (n_actions = its sizes, flattened)."""
 
     steps_on = "cpu"
 
@@ -344,7 +495,12 @@ class GymEnv:
         vector = gym.vector.SyncVectorEnv if cfg.vector_mode == "sync" else gym.vector.AsyncVectorEnv
         self.vec = vector(fns, autoreset_mode=same_step)
         self.obs_shape = tuple(self.vec.single_observation_space.shape)
-        self.n_actions = int(self.vec.single_action_space.n)
+        action_space = self.vec.single_action_space
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.n_actions = int(action_space.n)
+        else:
+            self.n_actions = tuple(int(n) for n in action_space.nvec.ravel())
+        self.action_start, self.env_action_shape = action_space.start, action_space.shape
         frames = spec.max_episode_steps or spec.kwargs.get("max_num_frames_per_episode") or 10**9
         self.max_episode_steps = frames // 4 if atari else frames  # 108,000 Atari frames = 27,000 steps
         self.env_ids = list(range(env_id_offset, env_id_offset + num_envs))  # global env ids
@@ -358,7 +514,8 @@ class GymEnv:
     def step(self, actions: torch.Tensor):
         """Step every env; returns obs, reward (float32), done (a lost life too) and, where info["game_over"],
         the finished game's episode_return (raw, unclipped) and episode_length."""
-        obs, reward, terminated, truncated, infos = self.vec.step(actions.cpu().numpy())
+        env_actions = actions.cpu().numpy().reshape(self.num_envs, *self.env_action_shape) + self.action_start
+        obs, reward, terminated, truncated, infos = self.vec.step(env_actions)
         final = infos.get("final_info", {})
         over = final.get("_game_over", np.zeros(self.num_envs, dtype=bool))
         scalars = np.stack(
@@ -395,9 +552,20 @@ EPISODE_METRICS = {  # info key: tag in TensorBoard and progress.csv; the first 
     "episode_return": "charts/episodic_return",
     "episode_length": "charts/episodic_length",
 }
-BASELINES = {
-    "random": lambda gen: lambda env, obs: torch.randint(0, env.n_actions, (env.num_envs,), generator=gen)
-}
+
+
+def random_actions(gen: torch.Generator):
+    """Valid random actions for Discrete and MultiDiscrete action spaces."""
+
+    def policy(env: GymEnv, obs: torch.Tensor) -> torch.Tensor:
+        if isinstance(env.n_actions, int):
+            return torch.randint(0, env.n_actions, (env.num_envs,), generator=gen)
+        return torch.stack([torch.randint(0, n, (env.num_envs,), generator=gen) for n in env.n_actions], -1)
+
+    return policy
+
+
+BASELINES = {"random": random_actions}
 
 
 def draw(env: GymEnv, i: int) -> np.ndarray:
@@ -429,39 +597,90 @@ def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias_const: float = 
     return layer
 
 
-class Agent(nn.Module):
-    """Vector observations: separate actor and critic MLPs (two tanh layers each). Screens (uint8 [4, 84,
-    84]): the Nature CNN shared by a linear actor and critic."""
+def nature_cnn(channels: int) -> list[nn.Module]:
+    """The Nature DQN's convolutions (ppo_atari.py's), for images of 36 pixels a side and more."""
+    return [
+        layer_init(nn.Conv2d(channels, 32, 8, stride=4)),
+        nn.ReLU(),
+        layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+        nn.ReLU(),
+        layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+        nn.ReLU(),
+        nn.Flatten(),
+    ]
 
-    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, args: Args):
+
+def small_cnn(channels: int, side: int) -> list[nn.Module]:
+    """Two 3x3 convolutions for smaller images (MiniGrid's 7 x 7): stride 2 from 16 pixels a side."""
+    stride = 2 if side >= 16 else 1
+    return [
+        layer_init(nn.Conv2d(channels, 16, 3, stride=stride, padding=1)),
+        nn.ReLU(),
+        layer_init(nn.Conv2d(16, 32, 3, stride=stride, padding=1)),
+        nn.ReLU(),
+        nn.Flatten(),
+    ]
+
+
+class PartsEncoder(nn.Module):
+    """The flat observation vector split into its parts: each image through a CNN sized to it, every other
+    part as it is, all concatenated."""
+
+    def __init__(self, parts: list[ObsPart]):
         super().__init__()
+        self.shapes = [part.shape for part in parts]
+        self.encoders = nn.ModuleList()
+        self.size = 0
+        for shape in self.shapes:
+            if len(shape) == 3:
+                side = min(shape[1:])
+                encoder = nn.Sequential(*(nature_cnn(shape[0]) if side >= 36 else small_cnn(shape[0], side)))
+                with torch.no_grad():
+                    self.size += encoder(torch.zeros(1, *shape)).shape[1]
+            else:
+                encoder = nn.Identity()
+                self.size += shape[0]
+            self.encoders.append(encoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = x.split([math.prod(shape) for shape in self.shapes], -1)
+        features = zip(self.encoders, parts, self.shapes, strict=True)
+        return torch.cat([encoder(part.unflatten(-1, shape)) for encoder, part, shape in features], -1)
+
+
+class Agent(nn.Module):
+    """Vectors (any space flattened, one-hot where discrete): separate actor and critic MLPs (two tanh layers
+    each), behind a CNN per image part where there are images. Atari screens (uint8 [4, 84, 84]): the Nature
+    CNN shared by a linear actor and critic. MultiDiscrete actions: one categorical head per dimension."""
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int | tuple[int, ...], args: Args):
+        super().__init__()
+        self.discrete = isinstance(n_actions, int)
+        self.nvec = [n_actions] if self.discrete else list(n_actions)
+        n_logits = sum(self.nvec)
         if len(obs_shape) == 1:
-            mlp = lambda n_out, std: nn.Sequential(  # noqa: E731
-                layer_init(nn.Linear(obs_shape[0], args.hidden_size)),
+            mlp = lambda n_in, n_out, std: nn.Sequential(  # noqa: E731
+                layer_init(nn.Linear(n_in, args.hidden_size)),
                 nn.Tanh(),
                 layer_init(nn.Linear(args.hidden_size, args.hidden_size)),
                 nn.Tanh(),
                 layer_init(nn.Linear(args.hidden_size, n_out), std=std),
             )
-            self.trunk, self.scale = nn.Identity(), 1.0
-            self.actor, self.critic = mlp(n_actions, 0.01), mlp(1, 1.0)
+            _, obs_space, _, _ = env_spaces(args.env_id)
+            parts = observation_parts(obs_space) if needs_flattening(obs_space) else []
+            images = any(len(part.shape) == 3 for part in parts)
+            self.trunk, self.scale = PartsEncoder(parts) if images else nn.Identity(), 1.0
+            n_in = self.trunk.size if images else obs_shape[0]
+            self.actor, self.critic = mlp(n_in, n_logits, 0.01), mlp(n_in, 1, 1.0)
         else:
-            self.trunk = nn.Sequential(
-                layer_init(nn.Conv2d(obs_shape[0], 32, 8, stride=4)),
-                nn.ReLU(),
-                layer_init(nn.Conv2d(32, 64, 4, stride=2)),
-                nn.ReLU(),
-                layer_init(nn.Conv2d(64, 64, 3, stride=1)),
-                nn.ReLU(),
-                nn.Flatten(),
-            )
+            self.trunk = nn.Sequential(*nature_cnn(obs_shape[0]))
             with torch.no_grad():
                 n_flat = self.trunk(torch.zeros(1, *obs_shape)).shape[1]
             self.trunk.append(layer_init(nn.Linear(n_flat, 512)))
             self.trunk.append(nn.ReLU())
             self.scale = 1.0 / 255.0  # uint8 frames
             self.actor, self.critic = (
-                layer_init(nn.Linear(512, n_actions), std=0.01),
+                layer_init(nn.Linear(512, n_logits), std=0.01),
                 layer_init(nn.Linear(512, 1), std=1.0),
             )
 
@@ -470,14 +689,22 @@ class Agent(nn.Module):
         return None
 
     def forward(self, obs: torch.Tensor, memory=None, done=None, action=None, greedy: bool = False):
-        """(action, log-prob, entropy, value, memory); samples an action unless one is given. Memoryless:
-        memory and done (the contract's, for agents with memory) pass through unused."""
+        """(action, log-prob, entropy, value, memory); samples an action unless one is given (MultiDiscrete:
+        one column per dimension, their log-probs and entropies summed). Memoryless: memory and done (the
+        contract's, for agents with memory) pass through unused."""
         hidden = self.trunk(obs.float() * self.scale)
-        logits = self.actor(hidden)
-        probs = Categorical(logits=logits.float(), validate_args=False)  # fp32 under autocast
+        logits = self.actor(hidden).float()  # fp32 under autocast
+        parts = logits.split(self.nvec, -1)  # one part per action dimension
+        heads = [Categorical(logits=part, validate_args=False) for part in parts]
         if action is None:
-            action = logits.argmax(-1) if greedy else probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).squeeze(-1), memory
+            sampled = [
+                part.argmax(-1) if greedy else h.sample() for part, h in zip(parts, heads, strict=True)
+            ]
+            action = sampled[0] if self.discrete else torch.stack(sampled, -1)
+        columns = [action] if self.discrete else action.unbind(-1)
+        logprob = sum(head.log_prob(a) for head, a in zip(heads, columns, strict=True))
+        entropy = sum(head.entropy() for head in heads)
+        return action, logprob, entropy, self.critic(hidden).squeeze(-1), memory
 
 
 # == Algorithm: the schedule, advantages, the loss, the argument checks ==
@@ -550,6 +777,9 @@ def train(args: Args, run: "Run") -> None:
     # This rank's envs (global ids rank * num_envs onwards), the agent (the same weights on every rank), the
     # optimizer, and a generator that draws the same minibatch permutations on every rank
     envs = Env(num_envs, device, args.seed, rank * num_envs, args)
+    dropped = dropped_parts(env_spaces(args.env_id)[1])
+    if rank == 0 and dropped:
+        print(f"observation parts left out (text: no encoding here): {', '.join(dropped)}")
     torch.manual_seed(args.seed)
     agent = Agent(envs.obs_shape, envs.n_actions, args).to(device)
     torch.manual_seed(args.seed + rank)  # action sampling differs per rank
@@ -559,7 +789,8 @@ def train(args: Args, run: "Run") -> None:
 
     # Rollout storage: every step of every env, [num_steps, num_envs, ...]
     storage = {"obs": torch.zeros((num_steps, *next_obs.shape), dtype=next_obs.dtype, device=device)}
-    storage["actions"] = torch.zeros((num_steps, num_envs), dtype=torch.long, device=device)
+    action_shape = () if isinstance(envs.n_actions, int) else (len(envs.n_actions),)  # MultiDiscrete: a row
+    storage["actions"] = torch.zeros((num_steps, num_envs, *action_shape), dtype=torch.long, device=device)
     for key in ("logprobs", "rewards", "dones", "values", "advantages", "returns"):
         storage[key] = torch.zeros((num_steps, num_envs), device=device)
 
@@ -580,7 +811,7 @@ def train(args: Args, run: "Run") -> None:
 
     for update in range(run.first_update, run.num_updates + 1):
         # The learning rate at this update's progress (the share of total_timesteps done before it)
-        learning_rate = learning_rate_at(args, (update - 1) * run.global_batch_size / args.total_timesteps)
+        learning_rate = learning_rate_at(args, run.global_step / args.total_timesteps)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
 
@@ -644,9 +875,7 @@ class StopEveryRank(RuntimeError):
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's or torchrun's SIGTERM, SLURM's USR1 warning
-PREEMPTED = (
-    75  # the exit code of a run stopped by a signal, its last update checkpointed: run it again to resume
-)
+PREEMPTED = 75  # the exit code of a run stopped by a signal, its last update checkpointed: run it again
 stop_request = {"signal": 0}  # set by a signal; the ranks read every request together at the end of an update
 
 
@@ -760,9 +989,10 @@ def agree_num_envs(args: Args, device: torch.device, local_world: int) -> int:
 
 
 # == One verdict for all: rank 0 acts or reads, every rank gets its result ==
-def on_rank0(fn, *args, doing: str = "act for every rank"):
-    """fn(*args) run by rank 0 alone; its result or failure (an OSError: exit 1), given to every rank."""
-    result, failure = None, None
+def on_rank0(fn, *args, doing: str = "act for every rank", keep: str = ""):
+    """fn(*args) run by rank 0 alone; its result or failure (an OSError: exit 1), given to every rank. With
+    `keep`, that key of the result (a dict) stays on rank 0: returns (the result, the kept value or None)."""
+    result, failure, kept = None, None, None
     if dist.get_rank() == 0:
         try:
             result = fn(*args)
@@ -770,18 +1000,18 @@ def on_rank0(fn, *args, doing: str = "act for every rank"):
             failure = e
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
             failure = StopEveryRank(f"cannot {doing}: {type(e).__name__}: {str(e).splitlines()[0]}")
+        kept = result.pop(keep) if keep and result else None
     verdict = [result, failure]
     dist.broadcast_object_list(verdict, src=0)
     if verdict[1] is not None:
         raise verdict[1]
-    return verdict[0]
+    return (verdict[0], kept) if keep else verdict[0]
 
 
 def agree_run_name(args: Args) -> str:
     """--run-name, or <exp_name>__<seed>__<SLURM job id, else torchrun's run id, else the clock>: rank 0's."""
-    launch = (
-        os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "")[:8] or int(time.time())
-    )
+    launch = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "")[:8]
+    launch = launch or int(time.time())
     return on_rank0(lambda: args.run_name or f"{args.exp_name}__{args.seed}__{launch}")
 
 
@@ -814,13 +1044,11 @@ def state_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every tensor in a nested state (dicts, lists, tuples), by its path: what check_identical compares."""
     if torch.is_tensor(state):
         return {prefix: state}
-    items = (
-        state.items()
-        if isinstance(state, dict)
-        else enumerate(state)
-        if isinstance(state, list | tuple)
-        else ()
-    )
+    items = ()
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
     return {
         path: t
         for key, value in items
@@ -883,38 +1111,42 @@ class Run(contextlib.AbstractContextManager):
     """One rank's operations around the PPO loop: agreed sizes, the run directory, resume, episode statistics,
     timing, rank 0's log, evaluation, checkpoints, stop requests and the end of the run."""
 
-    def __init__(self, args: Args, device: torch.device, cpus: list[int]):
+    def __init__(self, args: Args, device: torch.device, cpus: list[int], local_world: int):
         self.args, self.device = args, device
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device_ids = [device.index] if device.type == "cuda" else None  # for DDP(device_ids=...)
-        self.batch_size = args.num_envs * args.num_steps  # per rank
-        self.global_batch_size = self.batch_size * self.world_size
-        self.num_updates = args.total_timesteps // self.global_batch_size
         args.run_name = agree_run_name(args)
         self.run_dir = Path("runs") / args.run_name
-        self.saved = read_checkpoint(
-            self.run_dir, args
-        )  # the checkpoint to continue from (None: a fresh run)
+        # the checkpoint to continue from (None: a fresh run), every rank's part of it on rank 0
+        self.saved, parts = on_rank0(
+            read_run_dir, self.run_dir, args, doing=f"read {self.run_dir}", keep="ranks"
+        )
+        args.num_envs = resolve_num_envs(args, self.saved, device, local_world)
+        validate(args, self.world_size)  # the same verdict on every rank: the sizes are agreed
+        self.batch_size = args.num_envs * args.num_steps  # per rank
+        self.global_batch_size = self.batch_size * self.world_size
         self.first_update = self.saved["update"] + 1 if self.saved else 1
+        self.global_step = self.saved["global_step"] if self.saved else 0  # all ranks', before this update
+        steps_left = args.total_timesteps - self.global_step
+        self.num_updates = self.first_update - 1 + steps_left // self.global_batch_size
+        if self.saved:  # each rank's own part: its envs (moved to the rank that now holds them), RNG, rollout
+            self.saved |= scatter_parts(parts, args, self.world_size)
         placement = {"host": socket.gethostname(), "device": str(device), "cpus": cpus}
         self.placement = gather_to_rank0({**placement, "threads": torch.get_num_threads()})
         self.episodes = {key: torch.zeros((), device=device) for key in ("episodes", *EPISODE_METRICS)}
         self.times, self.update_started, self.session_started = {}, None, time.perf_counter()
         self.shared, self.envs, self.meta = {}, None, {}
-        self.log, self.evals = (
-            None,
-            [],
-        )  # rank 0's files (opened at the first update's end); async evaluations
+        self.log, self.evals = None, []  # rank 0's files (opened at its first update's end), async runs
         self.last_update, self.stop_signals = self.first_update - 1, []
         if self.rank == 0:
-            size = (
-                f"{args.num_envs} envs per rank, batch {self.global_batch_size}, {self.num_updates} updates"
-            )
+            size = f"{args.num_envs} envs per rank, batch {self.global_batch_size}"
+            size += f", {self.num_updates} updates"
             print(f"run {args.run_name}: world size {self.world_size}, device {device}, {size}")
+            if self.saved and self.saved["layout"]:
+                print(self.saved["layout"])
             if self.num_updates < FEW_UPDATES:
-                print(
-                    f"warning: only {self.num_updates} updates: PPO learns little in so few", file=sys.stderr
-                )
+                warning = f"warning: only {self.num_updates} updates: PPO learns little in so few"
+                print(warning, file=sys.stderr)
 
     def resume(self, shared: dict, envs, *rollout_start):
         """Remember what checkpoints hold; for a continued run, restore it in place and return its rollout
@@ -925,14 +1157,12 @@ class Run(contextlib.AbstractContextManager):
         check_disjoint_envs(envs)
         broadcast_modules(shared)  # rank 0's initial weights (their init can follow a rank's thread count)
         if self.saved:
-            rollout_start = restore(self.saved, shared, envs, rollout_start)
-            update, step = self.saved["update"], self.saved["update"] * self.global_batch_size
-            restart = (
-                "the environments cannot save their state: their episodes restart (all else is restored)"
-            )
+            rollout_start = restore(self.saved, shared, envs, rollout_start, self.args.seed)
+            update, path = self.saved["update"], self.saved["path"]
+            restart = "the environments cannot save their state: their episodes restart (all else restored)"
             if self.rank == 0:
-                print(f"resumed from {self.saved['path']} at update {update}, global_step {step:,}")
-                if self.saved["env"] is None:
+                print(f"resumed from {path} at update {update}, global_step {self.global_step:,}")
+                if self.saved["env_saved"] is False:
                     print(restart)
             self.saved = None
         check_identical(shared, "at the start")
@@ -953,9 +1183,7 @@ class Run(contextlib.AbstractContextManager):
 
     def count_episodes(self, done: torch.Tensor, info: dict) -> None:
         """Add each ended game's metrics (EPISODE_METRICS) to this update's sums, on the device."""
-        game_over = info.get(
-            "game_over", done
-        )  # a lost life ends the value target (done), a game the metrics
+        game_over = info.get("game_over", done)  # a lost life ends the value target (done), a game these
         self.episodes["episodes"] += game_over.sum()
         for key in EPISODE_METRICS:
             self.episodes[key] += torch.where(game_over, info[key], 0).sum()
@@ -976,8 +1204,8 @@ class Run(contextlib.AbstractContextManager):
         if self.rank == 0 and self.log is None:  # rank 0 writes the run directory from the first update's end
             config = {**asdict(args), **self.sizes(), "torch_version": torch.__version__}
             config |= {"device": str(self.device), "ranks": self.placement}
-            start_step = (update - 1) * self.global_batch_size
-            self.log = RunLog(self.run_dir, config, args, update - 1, start_step, self.session_started)
+            start = self.global_step  # the steps before this session's first update
+            self.log = RunLog(self.run_dir, config, args, update - 1, start, self.session_started)
         elapsed = clock(self.device) - self.update_started
         mine = {**self.episodes, **metrics, **{p: self.times.get(p, 0.0) for p in ("rollout_s", "update_s")}}
         stats = gather_stats(
@@ -987,11 +1215,16 @@ class Run(contextlib.AbstractContextManager):
             total.zero_()
         stopping = any(stats["signal"]) and update < self.num_updates  # one rank's signal stops all here
         last = update == self.num_updates or stopping
-        global_step = update * self.global_batch_size
-        eval_stats = self.evaluate(update, global_step, stopping, last)
+        self.global_step += self.global_batch_size
+        eval_stats = self.evaluate(update, self.global_step, stopping, last)
         if self.rank == 0:
             sps = self.global_batch_size / (time.perf_counter() - self.update_started)
-            row = {"update": update, "global_step": global_step, "charts/SPS": sps, **reduce_stats(stats)}
+            row = {
+                "update": update,
+                "global_step": self.global_step,
+                "charts/SPS": sps,
+                **reduce_stats(stats),
+            }
             self.log.write(row | eval_stats, stats["sps"], last)
         if stopping or (args.checkpoint_interval and update % args.checkpoint_interval == 0):
             self.checkpoint(update, rollout_start)
@@ -1007,12 +1240,8 @@ class Run(contextlib.AbstractContextManager):
         """A greedy evaluation when due (never at a stop): local on rank 0 while the others wait at their next
         collective, or in a separate process; returns the newest results (rank 0; {} elsewhere)."""
         args, agent = self.args, self.shared["agent"]
-        due = (
-            args.eval_mode != "none"
-            and args.eval_interval
-            and update % args.eval_interval == 0
-            and not stopping
-        )
+        due = args.eval_mode != "none" and args.eval_interval and update % args.eval_interval == 0
+        due = due and not stopping
         if self.rank != 0:
             return {}
         half, results = args.dist_timeout / 2, {}
@@ -1035,11 +1264,11 @@ class Run(contextlib.AbstractContextManager):
         check_identical(self.shared, f"at update {update}")
         path = self.run_dir / "checkpoints" / f"update_{update:08d}.pt"
         shared = {"model": self.shared["agent"].state_dict(), **self.meta, "update": update}
+        shared["global_step"] = self.global_step
         shared["shared"] = {name: state_of(obj) for name, obj in self.shared.items() if name != "agent"}
         rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        rng |= (
-            {"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}
-        )  # its own GPU's
+        if self.device.type == "cuda":  # its own GPU's
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         env_ids = torch.as_tensor(self.envs.env_ids).cpu()
         mine = {
             "env_ids": env_ids,
@@ -1071,7 +1300,7 @@ class Run(contextlib.AbstractContextManager):
         )
         if self.rank == 0:
             print(f"parameters identical on all {self.world_size} ranks after {self.last_update} updates")
-            print(f"done: {self.last_update * self.global_batch_size:,} steps; final model in {path}")
+            print(f"done: {self.global_step:,} steps; final model in {path}")
         return 0
 
     def __exit__(self, exc_type, *_):
@@ -1089,11 +1318,11 @@ def check_finite(agent: nn.Module, update: int) -> None:
 
 # == Checkpoints: one file by rank 0, the shared state and "ranks", each rank's own part ==
 MODEL_KEYS = ("model", "args", "world_size", "obs_shape", "n_actions")  # final_model.pt; every checkpoint too
-CHECKPOINT_KEYS = (*MODEL_KEYS, "update", "shared", "ranks")
-RESUME_MAY_CHANGE = (  # Args that may differ on a resume; every other field must equal the checkpoint's
-    "exp_name run_name torch_deterministic cuda track wandb_project_name find_unused static_graph pin_cpus "
-    "dist_timeout checkpoint_interval eval_interval eval_episodes eval_mode resume precision compile "
-    "print_interval bench_env eval_checkpoint eval_json baseline render render_fps"
+CHECKPOINT_KEYS = (*MODEL_KEYS, "update", "global_step", "shared", "ranks")
+RESUME_MAY_CHANGE = (  # Args that may differ on a resume (and the world size); every other must be the same
+    "exp_name run_name num_envs torch_deterministic cuda track wandb_project_name find_unused static_graph "
+    "pin_cpus dist_timeout checkpoint_interval eval_interval eval_episodes eval_mode resume precision "
+    "compile print_interval bench_env eval_checkpoint eval_json baseline render render_fps"
 ).split()
 
 
@@ -1115,47 +1344,134 @@ def load_state(obj, state) -> None:
         obj.load_state_dict(state)
 
 
-def restore(saved: dict, shared: dict, envs, rollout_start: tuple) -> tuple:
+def restore(saved: dict, shared: dict, envs, rollout_start: tuple, seed: int) -> tuple:
     """A checkpoint back into the shared state, this rank's envs and random state; returns its rollout start
-    (envs that saved no state, None, keep their fresh episodes and the rollout start given)."""
+    (envs without a saved state keep their fresh episodes and the rollout start given)."""
     shared["agent"].load_state_dict(saved["model"])
     for name, obj in shared.items():
         if name != "agent":
             load_state(obj, saved["shared"][name])
-    torch.set_rng_state(saved["rng"]["torch"])
-    np.random.set_state(saved["rng"]["numpy"])
-    random.setstate(saved["rng"]["python"])
-    if "cuda" in saved["rng"]:
-        torch.cuda.set_rng_state(saved["rng"]["cuda"], envs.device)
+    if saved["rng"] is None:  # on another world size: streams of this rank's own, drawn anew for this update
+        stream = np.random.SeedSequence([seed, dist.get_rank(), saved["update"]]).generate_state(3)
+        torch.manual_seed(int(stream[0]))
+        np.random.seed(int(stream[1]))
+        random.seed(int(stream[2]))
+    else:
+        torch.set_rng_state(saved["rng"]["torch"])
+        np.random.set_state(saved["rng"]["numpy"])
+        random.setstate(saved["rng"]["python"])
+        if "cuda" in saved["rng"]:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"], envs.device)
+    if saved["env"] is None:
+        return rollout_start
     if len(saved["rollout_start"]) != len(rollout_start):
         counts = f"{len(saved['rollout_start'])} per-env tensors, the loop {len(rollout_start)}"
         what = "the same ones go to run.resume and run.end_update"
         raise StopEveryRank(f"the checkpoint's rollout start holds {counts}: {what}")
-    if saved["env"] is None:
-        return rollout_start
     envs.load_state_dict(saved["env"])
     return tuple(None if x is None else x.to(envs.device) for x in saved["rollout_start"])
 
 
-def read_checkpoint(run_dir: Path, args: Args) -> dict | None:
-    """This rank's view of the checkpoint to continue from (None: a fresh run): rank 0 reads the run
-    directory, every rank gets the shared state and, by a scatter, its own part."""
-    found = on_rank0(read_run_dir, run_dir, args, doing=f"read {run_dir}")
-    if found is None:
-        return None
-    shared, ranks = found
+def resolve_num_envs(args: Args, saved: dict | None, device: torch.device, local_world: int) -> int:
+    """--num-envs; for 0 (auto), a continued run keeps its global number of envs where it divides among the
+    ranks (every env goes on), else the auto choice for the smallest device of all ranks."""
+    if args.num_envs:
+        return args.num_envs
+    world = dist.get_world_size()
+    if saved and (saved["world_size"] * saved["args"]["num_envs"]) % world == 0:
+        return saved["world_size"] * saved["args"]["num_envs"] // world
+    return agree_num_envs(args, device, local_world)
+
+
+def scatter_parts(parts: list | None, args: Args, world: int) -> dict:
+    """This rank's part of the checkpoint, from rank 0. On the world size and envs it was written with, each
+    rank's part as it was; else every env's state and rollout start moved by global env id to the rank that
+    now holds it (the same global number of envs), or dropped (another number: the envs restart), and every
+    rank's random streams drawn anew; "layout" says which, in a line."""
+    layout = None
+    if parts is not None:
+        saved_envs = all(p["env"] is not None for p in parts)  # the envs could save their state
+        parts = [{**p, "env_saved": saved_envs} for p in parts]
+        old_world, old_envs = len(parts), len(parts[0]["env_ids"])
+        if (old_world, old_envs) != (world, args.num_envs):
+            before, now = old_world * old_envs, world * args.num_envs
+            kept = before == now and saved_envs
+            moved = "each env goes on with its episode on the rank that holds it now"
+            restarted = f"{before} envs before, {now} now: every env restarts its episode"
+            layout = f"written on {old_world} rank(s) x {old_envs} envs, on {world} x {args.num_envs} now"
+            layout += f": {moved if kept else restarted}"
+            layout += "; each rank's random streams are new"
+            parts = reshard(parts, world, args.num_envs, kept)
     mine = [None]
-    dist.scatter_object_list(mine, ranks, src=0)
-    return {**shared, **mine[0]}
+    dist.scatter_object_list(mine, parts, src=0)
+    return {**mine[0], "layout": layout}
 
 
-def read_run_dir(run_dir: Path, args: Args) -> tuple[dict, list] | None:
-    """Rank 0's verdict: the newest usable checkpoint (its shared part with "path", the ranks' parts), None
-    for a fresh run, or ArgError."""
-    restarts = (
-        "TORCHELASTIC_RESTART_COUNT",
-        "SLURM_RESTART_COUNT",
-    )  # torchrun restarted the group, SLURM the job
+def reshard(parts: list, world: int, num_envs: int, keep_envs: bool) -> list:
+    """The ranks' parts for `world` ranks of `num_envs` envs: each env's state and rollout start, joined in
+    global env id order and split again (keep_envs), or none; no random state (it is drawn anew)."""
+    order = torch.cat([torch.as_tensor(p["env_ids"]) for p in parts]).argsort()
+    joined = {
+        "env": per_env(join_envs([p["env"] for p in parts]) if keep_envs else None, order),
+        "rollout_start": per_env(
+            join_envs([p["rollout_start"] for p in parts]) if keep_envs else None, order
+        ),
+    }
+    new = []
+    for r in range(world):
+        envs = slice(r * num_envs, (r + 1) * num_envs)
+        part = {
+            "env_ids": torch.arange(world * num_envs)[envs],
+            "rng": None,
+            "env_saved": parts[0]["env_saved"],
+        }
+        new.append(part | {k: None if v is None else split_envs(v, envs) for k, v in joined.items()})
+    return new
+
+
+def join_envs(states: list):
+    """Per-env states of several ranks joined along the env dimension: tensors concatenated, lists summed,
+    dicts and lists of them joined item by item; None if any rank has none."""
+    if any(s is None for s in states):
+        return None
+    first = states[0]
+    if torch.is_tensor(first):
+        return torch.cat(states)
+    if isinstance(first, dict):
+        return {k: join_envs([s[k] for s in states]) for k in first}
+    if all(torch.is_tensor(x) or x is None for x in first):  # a rollout start: a list of per-env tensors
+        return [join_envs([s[i] for s in states]) for i in range(len(first))]
+    return [x for s in states for x in s]  # a list with an item per env
+
+
+def per_env(state, order: torch.Tensor):
+    """A joined per-env state taken in the order of the envs' global ids."""
+    if state is None:
+        return None
+    if torch.is_tensor(state):
+        return state[order]
+    if isinstance(state, dict):
+        return {k: per_env(v, order) for k, v in state.items()}
+    if state and all(torch.is_tensor(x) or x is None for x in state):
+        return [per_env(x, order) for x in state]
+    return [state[i] for i in order.tolist()]
+
+
+def split_envs(state, envs: slice):
+    """The envs `envs` of a per-env state."""
+    if state is None or torch.is_tensor(state):
+        return None if state is None else state[envs].clone()
+    if isinstance(state, dict):
+        return {k: split_envs(v, envs) for k, v in state.items()}
+    if state and all(torch.is_tensor(x) or x is None for x in state):
+        return [split_envs(x, envs) for x in state]
+    return state[envs]
+
+
+def read_run_dir(run_dir: Path, args: Args) -> dict | None:
+    """Rank 0's verdict: the newest usable checkpoint (with its "path" and every rank's part in "ranks"),
+    None for a fresh run, or ArgError."""
+    restarts = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")  # torchrun restarted, SLURM requeued
     if not (args.resume or any(int(os.environ.get(k) or 0) > 0 for k in restarts)):
         if (run_dir / "progress.csv").exists() or (run_dir / "checkpoints").exists():
             raise ArgError(
@@ -1168,12 +1484,12 @@ def read_run_dir(run_dir: Path, args: Args) -> tuple[dict, list] | None:
         except ArgError as e:  # truncated or corrupt: the one before it
             print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
             continue
-        saved = {**ckpt["args"], "world_size": ckpt["world_size"]}
-        for k, v in {**asdict(args), "world_size": dist.get_world_size()}.items():
-            if k not in RESUME_MAY_CHANGE and saved.get(k) != v:
-                raise ArgError(f"{path} was written with {k}={saved.get(k)}; resume with the same value")
-        ranks = ckpt.pop("ranks")
-        return {**ckpt, "path": str(path)}, ranks
+        for k, v in asdict(args).items():
+            if k not in RESUME_MAY_CHANGE and ckpt["args"].get(k) != v:
+                raise ArgError(
+                    f"{path} was written with {k}={ckpt['args'].get(k)}; resume with the same value"
+                )
+        return {**ckpt, "path": str(path)}
     if args.resume:
         raise ArgError(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}")
     return None
@@ -1300,16 +1616,12 @@ def play(args: Args) -> int:
     show = lambda frame: print("\033[H\033[J" + frame, flush=True) or time.sleep(1.0 / args.render_fps)
     episodes, frames = 1 if args.render else args.eval_episodes, [] if args.capture_video else None
     stats = evaluate(policy, train_args, episodes, show=show if args.render else None, frames=frames)
-    if (
-        frames
-    ):  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: in the working directory)
+    if frames:  # beside the checkpoint (an async evaluation: beside its JSON; a baseline: here)
         video = Path(args.eval_json or args.eval_checkpoint or f"baseline_{name}").with_suffix(".gif")
         save_gif(frames, video)
         print(f"video: {video}")
     (first, *rest), words = EPISODE_METRICS, lambda k: f"{k.replace('_', ' ')}"
-    others = ", ".join(
-        f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest
-    )  # the first metric is the headline
+    others = ", ".join(f"{words(k)} {stats['eval/' + k]:.2f}" for k in rest)  # the first: the headline
     print(f"{episodes} {name} episodes: {words(first)} per episode {stats['eval/' + first]:.2f} ({others})")
     if args.eval_json:  # an async evaluation: rank 0 reads this file once this process has ended
         atomic_save(json.dumps(stats), Path(args.eval_json))
@@ -1408,9 +1720,7 @@ class RunLog:
         for k, v in row.items():
             if "/" in k:
                 self.writer.add_scalar(k, v, row["global_step"])
-        if (
-            self.csv is None
-        ):  # the first row of this session: the columns, then the rows kept from the last one
+        if self.csv is None:  # the first row of this session: the columns, then the rows kept from the last
             games = [*EPISODE_METRICS.values(), "charts/episodes"]
             columns = [
                 "update",
@@ -1483,12 +1793,12 @@ def main() -> int:
     if "OMP_NUM_THREADS" not in os.environ:  # torch threads: one local rank's share of the CPUs
         torch.set_num_threads(len(cpus))
     one_process_modes = args.eval_checkpoint or args.baseline or args.bench_env
-    try:  # every check that needs no agreed size, before anything heavy (the sizes: once agreed, below)
+    try:  # every check that needs no agreed size, before anything heavy (the sizes: once agreed, in Run)
         validate(replace(args, num_envs=args.num_envs or 1) if one_process_modes else args, world_size)
-        if use_cuda and local_world > torch.cuda.device_count():
-            n = torch.cuda.device_count()
+        gpus = torch.cuda.device_count()
+        if use_cuda and local_world > gpus:
             raise ArgError(
-                f"{local_world} processes on this node but {n} GPU(s): --nproc-per-node={n}, or --no-cuda"
+                f"{local_world} processes on this node, {gpus} GPU(s): --nproc-per-node={gpus}, or --no-cuda"
             )
         if args.eval_checkpoint or args.baseline:
             return play(args)
@@ -1501,41 +1811,28 @@ def main() -> int:
         print(f"{num_envs} envs on {device}, {torch.get_num_threads()} threads: {sps:,.0f} steps/s")
         return 0
 
-    if use_cuda:  # DDP set-up: every rank reaches every collective below in the same order
+    # DDP set-up: every rank reaches every collective below in the same order
+    if use_cuda:
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=args.dist_timeout)
-    for (
-        sig
-    ) in STOP_SIGNALS:  # from here a stop signal is a request, served at the end of the update in flight
+    for sig in STOP_SIGNALS:  # from here a stop signal is a request, served at the end of an update
         signal.signal(sig, lambda signum, _frame: stop_request.update(signal=signum))
     store, backend = rendezvous_store(rank, world_size, timeout), "nccl" if use_cuda else "gloo"
-    kwargs = {
-        "rank": rank,
-        "world_size": world_size,
-        "timeout": timeout,
-        "device_id": device if use_cuda else None,
-    }
-    dist.init_process_group(backend, store=store, **kwargs)
+    device_id = device if use_cuda else None
+    dist.init_process_group(
+        backend, store=store, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id
+    )
     try:  # every exit path below leaves through `finally`, which shuts the process group down
         if args.pin_cpus and not use_cuda and hasattr(os, "sched_setaffinity") and cpus != allowed_cpus():
-            os.sched_setaffinity(
-                0, cpus
-            )  # after init_process_group: this thread alone, not gloo's (docs/scaling.md)
+            os.sched_setaffinity(0, cpus)  # after init_process_group: this thread, not gloo's (scaling.md)
         else:
             cpus = allowed_cpus()
-        if not args.num_envs:
-            args.num_envs = agree_num_envs(args, device, local_world)
-            validate(args, world_size)  # the same verdict on every rank: the sizes are agreed
-        with Run(args, device, cpus) as run:
+        with Run(args, device, cpus, local_world) as run:
             train(args, run)
             code = run.finish()
         dist.barrier()  # a successful run ends together
         return code
-    except (
-        ArgError,
-        FloatingPointError,
-        StopEveryRank,
-    ) as e:  # each raised on every rank alike (one verdict)
+    except (ArgError, FloatingPointError, StopEveryRank) as e:  # raised on every rank alike: one verdict
         failure = not isinstance(e, ArgError)  # bad input (exit 2) or a failure at run time (exit 1)
         print(f"error: {e}{': training stopped on every rank' if failure else ''}", file=sys.stderr)
         return 1 if failure else 2
@@ -1551,9 +1848,7 @@ def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Sto
     """torchrun's store (MASTER_ADDR:MASTER_PORT), a prefix per restart; or an in-process one for `python`."""
     if "MASTER_ADDR" not in os.environ:
         return dist.HashStore()
-    agent_store = (
-        os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    )  # torchrun hosts it: all are clients
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it: all clients
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     store = dist.TCPStore(addr, port, world_size, is_master=rank == 0 and not agent_store, timeout=timeout)
     return dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)

@@ -200,15 +200,18 @@ def test_a_resume_restarts_the_episodes_of_envs_that_cannot_save_them(tmp_path):
 
 
 def test_bad_environments_are_refused_on_every_rank_before_anything_is_written(tmp_path):
-    """A Box action space, an unknown id, a module that does not exist, image observations that are not
-    Atari: one error line, exit code 2 (on both ranks under torchrun), no run directory."""
+    """A Box action space (pointed to the continuous script), an unknown id, a module that does not exist
+    (with its pip install), an env whose package is missing, Graph observations: one error line, exit code 2
+    (on both ranks under torchrun), no run directory."""
     p = torchrun("ppo_ddp_gym.py", "--env-id=Pendulum-v1", cwd=tmp_path, timeout=120)
     assert p.returncode != 0 and "exitcode: 2" in p.stderr, explain(p)  # torchrun's summary of its workers
     assert p.stderr.count("error: --env-id Pendulum-v1: the action space is Box") == 2, explain(p)
+    assert "ppo_ddp_continuous.py trains those" in p.stderr
     cases = {
         "NoSuchEnv-v0": "error: --env-id NoSuchEnv-v0: Environment `NoSuchEnv` doesn't exist",
-        "nosuchmodule:X-v0": "error: --env-id nosuchmodule:X-v0: No module named 'nosuchmodule'",
-        "thirdparty_env:Pixels-v0": "are neither a vector nor an Atari screen",
+        "nosuchmodule:X-v0": "No module named 'nosuchmodule' (pip install nosuchmodule)",
+        "thirdparty_env:NeedsMissing-v0": "missing: missing_engine is not installed, run `pip install",
+        "thirdparty_env:Molecules-v0": "observations are Graph(Box(0.0, 1.0, (2,), float32), None); this",
     }
     for env_id, says in cases.items():
         p = python("ppo_ddp_gym.py", f"--env-id={env_id}", cwd=tmp_path, timeout=60, PYTHONPATH=SUPPORT)

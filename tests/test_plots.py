@@ -7,13 +7,24 @@ import shutil
 import pytest
 from helpers import ROOT, python
 
-from plots import ARENA_RUNS, GYM_RUNS, MEMORY_RUNS, SNAKE_RUNS, TUNED_RUNS, flags
+from plots import (
+    ABLATION_RUNS,
+    ARENA_RUNS,
+    CLEANRL_HERE,
+    CONTINUOUS_RUNS,
+    GYM_RUNS,
+    MEMORY_RUNS,
+    SNAKE_RUNS,
+    TUNED_RUNS,
+    flags,
+)
 
 CHARTS = [
     "snake_curve.png",
     "arena_curves.png",
     "arena_memory.png",
     "gym_returns.png",
+    "continuous_returns.png",
     "tune_arena.png",
     "arena_tuned.png",
     "benchmark_ddp.png",
@@ -29,8 +40,9 @@ def is_png(path) -> bool:
 @pytest.fixture(scope="module")
 def small_results(tmp_path_factory):
     """A results directory as results/README.md describes it, from 4-update single-process runs of the scripts
-    (Arena episodes cut to 32 steps so that some end; CartPole standing in for every Gymnasium run) and
-    2-episode baselines; the benchmark JSONs and CleanRL's published returns are results/'s."""
+    (Arena episodes cut to 32 steps so that some end; CartPole standing in for every Gymnasium run, Pendulum
+    for every MuJoCo run) and 2-episode baselines; the benchmark JSONs, CleanRL's published returns and its
+    episodes run here are results/'s."""
     tmp = tmp_path_factory.mktemp("plots")
     res = tmp / "results"
     (res / "baselines").mkdir(parents=True)
@@ -38,6 +50,11 @@ def small_results(tmp_path_factory):
         ("ppo_ddp_snake.py", "snake_default", []),
         ("ppo_ddp.py", "arena_default", ["--episode-length=32"]),
         ("ppo_ddp_gym.py", "gym_CartPole_s1", []),
+        (
+            "ppo_ddp_continuous.py",
+            "cont_Pendulum",
+            ["--env-id=Pendulum-v1", "--num-envs=2", "--num-steps=256"],
+        ),
     ):
         p = python(script, *TINY, *extra, f"--run-name={name}", cwd=tmp, timeout=120)
         assert p.returncode == 0, p.stderr
@@ -47,6 +64,10 @@ def small_results(tmp_path_factory):
             shutil.copytree(res / "arena_default", res / name)
     for name in (n for runs in GYM_RUNS.values() for n in runs if n != "gym_CartPole_s1"):
         shutil.copytree(res / "gym_CartPole_s1", res / name)
+    for name in {*(n for runs in CONTINUOUS_RUNS.values() for n in runs), *ABLATION_RUNS}:
+        shutil.copytree(res / "cont_Pendulum", res / name)
+    for name in CLEANRL_HERE.values():
+        shutil.copytree(ROOT / "results" / name, res / name)
     for script, policy, extra in (
         ("ppo_ddp_snake", "random", []),
         ("ppo_ddp", "random", ["--episode-length=32"]),
@@ -114,6 +135,8 @@ def test_the_readme_charts_come_from_results(tmp_path):
         *MEMORY_RUNS,
         *TUNED_RUNS,
         *(n for runs in GYM_RUNS.values() for n in runs),
+        *(n for runs in CONTINUOUS_RUNS.values() for n in runs),
+        *ABLATION_RUNS,
     ]:
         assert (ROOT / "results" / name / "progress.csv").is_file() and f"`{name}/`" in (
             ROOT / "results/README.md"

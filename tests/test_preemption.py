@@ -141,10 +141,11 @@ def slurm(tmp_path_factory):
 
 
 def sbatch(env: dict, cwd: Path, *script_args: str) -> str:
-    """Queue slurm/ppo_ddp.sbatch on the test node (2 CPUs, no GPU), torchrun from this Python; the job id."""
+    """Queue slurm/ppo_ddp.sbatch on the test node (2 CPUs, no GPU) with a node range (the one node is what
+    the job gets), torchrun from this Python; the job id."""
     bin_dir = str(Path(sys.executable).parent)
     job_env = {**env, "PATH": f"{bin_dir}:{env['PATH']}", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
-    cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10"]
+    cmd = ["sbatch", "--parsable", "--nodes=1-2", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10"]
     p = subprocess.run(
         [*cmd, str(ROOT / "slurm/ppo_ddp.sbatch"), str(ROOT / SNAKE), *script_args],
         env=job_env,

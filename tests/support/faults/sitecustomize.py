@@ -3,8 +3,9 @@ tests' helpers put this directory on PYTHONPATH then): the scripts hold no test 
 
   PPO_DDP_FAULT=R:U          rank R raises at update U, as its statistics are gathered (the one all_gather
                              of an update's statistics), while the other ranks wait in that collective
-  PPO_DDP_FAULT=signal:R:U   rank R gets SIGUSR1 during update U (once update U - 1's statistics are
-                             gathered): the signal a scheduler sends, at a moment a test can name
+  PPO_DDP_FAULT=signal:R:U   rank R gets SIGUSR1 once the statistics of its (U - 1)-th update in this
+                             process are gathered (U >= 2): every rank stops at the end of its U-th, as
+                             at a scheduler's signal, at a moment a test can name
   PPO_DDP_FAULT=diverge:R    rank R nudges a weight after its first optimizer step: the ranks' weights differ
   PPO_DDP_FAULT=eval-crash   a separate evaluation process (--eval-json) fails at once with exit code 1
   PPO_DDP_FAULT=eval-hang    a separate evaluation process hangs
@@ -23,8 +24,8 @@ TARGET_RANK = WHERE.split(":")[0]
 
 
 def at_update(update: int, act, after: bool = False) -> None:
-    """Call act() in this process as the statistics of update `update` are gathered (its update-th all_gather
-    of floating-point tensors; the others gather ids and sizes), or once they have been (after)."""
+    """Call act() in this process as the statistics of its update-th update are about to be gathered (its
+    update-th all_gather of floating-point tensors; the others gather ids and sizes), or once they are."""
     import torch.distributed as dist
 
     all_gather, calls = dist.all_gather, [0]
@@ -53,7 +54,7 @@ elif KIND == "eval-hang" and EVALUATION:
     time.sleep(3600)
 elif KIND == "raise" and not EVALUATION and TARGET_RANK == RANK:
     at_update(int(WHERE.split(":")[1]), fail)
-elif KIND == "signal" and not EVALUATION and TARGET_RANK == RANK:  # during update U: after U - 1's
+elif KIND == "signal" and not EVALUATION and TARGET_RANK == RANK:  # read at the next update's gather
     at_update(int(WHERE.split(":")[1]) - 1, lambda: os.kill(os.getpid(), signal.SIGUSR1), after=True)
 elif KIND == "diverge" and not EVALUATION and TARGET_RANK == RANK:
     import torch
