@@ -104,7 +104,7 @@ GYM_RUNS = {  # ppo_ddp_gym.py, each env's seeds: results/gym_<env>_s<seed>
     "BreakoutNoFrameskip-v4": ["gym_Breakout_s1"],
 }
 CONTINUOUS_RUNS = {  # ppo_ddp_continuous.py, each env's seeds: results/cont_<env>_s<seed>
-    "Hopper-v4": ["cont_Hopper_s1"],
+    "Hopper-v4": ["cont_Hopper_s1", "cont_Hopper_s2", "cont_Hopper_s3"],
     "HalfCheetah-v4": ["cont_HalfCheetah_s1"],
     "Walker2d-v4": ["cont_Walker2d_s1"],
 }
