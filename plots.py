@@ -209,6 +209,16 @@ def learning_curves(
     return save(fig, out)
 
 
+def seed_curves(ax, results: Path, runs: list[str], window: int) -> None:
+    """Each run's episodic return against global steps (millions), labelled with its seed."""
+    for name in runs:
+        xs, ys = episode_curve(read_progress(results / name), "charts/episodic_return", window)
+        if not ys:
+            raise ResultError(f"{results / name}/progress.csv: no charts/episodic_return in any update")
+        config = json.loads(need(results / name / "config.json").read_text())
+        ax.plot([x / 1e6 for x in xs], ys, lw=1.3, label=f"ours, seed {config['seed']}")
+
+
 def gym_chart(results: Path, out: Path, args: Args) -> Path:
     """ppo_ddp_gym.py: each env's seeds against global steps, and CleanRL's published return (mean +- std over
     its 3 seeds) at the steps of its runs. Each command names the flags that differ from the script's defaults
@@ -217,12 +227,7 @@ def gym_chart(results: Path, out: Path, args: Args) -> Path:
     fig, axes = plt.subplots(1, len(GYM_RUNS), figsize=(5 * len(GYM_RUNS), 4), squeeze=False)
     lines = []
     for ax, (env_id, runs) in zip(axes[0], GYM_RUNS.items(), strict=True):
-        for name in runs:
-            xs, ys = episode_curve(read_progress(results / name), "charts/episodic_return", args.window)
-            if not ys:
-                raise ResultError(f"{results / name}/progress.csv: no charts/episodic_return in any update")
-            config = json.loads(need(results / name / "config.json").read_text())
-            ax.plot([x / 1e6 for x in xs], ys, lw=1.3, label=f"ours, seed {config['seed']}")
+        seed_curves(ax, results, runs, args.window)
         ref = json.loads(need(results / runs[0] / "config.json").read_text())
         launch = f"torchrun --standalone --nproc-per-node={ref['world_size']} ppo_ddp_gym.py"
         defaults = {**json.loads((ROOT / "tests/golden/ppo_ddp_gym.json").read_text()), "seed": ref["seed"]}
@@ -268,12 +273,7 @@ def continuous_chart(results: Path, out: Path, args: Args) -> Path:
     fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.2), squeeze=False)
     lines = []
     for ax, (env_id, runs) in zip(axes[0], CONTINUOUS_RUNS.items(), strict=False):
-        for name in runs:
-            xs, ys = episode_curve(read_progress(results / name), "charts/episodic_return", args.window)
-            if not ys:
-                raise ResultError(f"{results / name}/progress.csv: no charts/episodic_return in any update")
-            config = json.loads(need(results / name / "config.json").read_text())
-            ax.plot([x / 1e6 for x in xs], ys, lw=1.3, label=f"ours, seed {config['seed']}")
+        seed_curves(ax, results, runs, args.window)
         ref = json.loads(need(results / runs[0] / "config.json").read_text())
         seeds = f" --seed 1..{len(runs)}" if len(runs) > 1 else ""
         launch = f"torchrun --standalone --nproc-per-node={ref['world_size']} ppo_ddp_continuous.py"
