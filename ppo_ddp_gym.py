@@ -186,6 +186,21 @@ ATARI_ENTRY_POINT = "ale_py.env:AtariEnv"
 RESTORABLE = ("gymnasium.envs.classic_control.",)
 
 
+PROBED = {}  # env id: env_spaces(env id)
+PIP_NAMES = {
+    "ale_py": "ale-py",
+    "Box2D": '"gymnasium[box2d]"',
+    "mujoco": '"gymnasium[mujoco]"',
+    "cv2": "opencv-python",
+}
+
+
+def pip_hint(e: ImportError) -> str:
+    """What an ImportError lacks and the pip install that usually brings it."""
+    name = (e.name or "").split(".")[0]
+    return f"{e} (pip install {PIP_NAMES.get(name, name.replace('_', '-'))})" if name else str(e)
+
+
 def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     """The registered spec of env_id, or ArgError. MODULE:ID imports MODULE first (your own envs register
     there, as with gym.make); ale-py registers the Atari ids when first needed."""
@@ -226,21 +241,6 @@ def env_spaces(env_id: str) -> tuple[gym.envs.registration.EnvSpec, gym.Space, g
         PROBED[env_id] = (spec, probe.observation_space, probe.action_space, probe.metadata["render_modes"])
         probe.close()
     return PROBED[env_id]
-
-
-PROBED = {}  # env id: env_spaces(env id)
-PIP_NAMES = {
-    "ale_py": "ale-py",
-    "Box2D": '"gymnasium[box2d]"',
-    "mujoco": '"gymnasium[mujoco]"',
-    "cv2": "opencv-python",
-}
-
-
-def pip_hint(e: ImportError) -> str:
-    """What an ImportError lacks and the pip install that usually brings it."""
-    name = (e.name or "").split(".")[0]
-    return f"{e} (pip install {PIP_NAMES.get(name, name.replace('_', '-'))})" if name else str(e)
 
 
 def env_kind(args: Args) -> tuple[gym.envs.registration.EnvSpec, bool, bool]:
